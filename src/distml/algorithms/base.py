@@ -1,0 +1,62 @@
+"""The contract between the worker loop and an algorithm (DESIGN.md §3).
+
+Data-parallel algorithms implement hooks that the loop calls explicitly around its
+"forward, backward, optimizer step"; algorithms whose step has another shape set
+``owns_loop = True`` and implement ``run(ctx)`` on the same context instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Algorithm:
+    """Base class: every hook is a no-op, so an algorithm overrides only what it needs.
+
+    Lifecycle: ``setup`` once (after the model is built and before the first step), then
+    per step ``loss_terms`` → backward → ``after_backward`` → optimizer step →
+    ``after_step``. ``state_dict``/``load_state_dict`` make it checkpointable.
+    """
+
+    owns_loop = False
+    #: rank 0 evaluates while the others wait at a barrier (collective algorithms).
+    synchronous_eval = True
+
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, transport) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.transport = transport
+
+    def loss_terms(self, model: nn.Module) -> torch.Tensor | None:
+        """Extra loss added before backward (e.g. ADMM's proximal term)."""
+        return None
+
+    def global_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss that line-searching optimizers (L-BFGS) must see identically on every rank."""
+        return loss
+
+    def after_backward(self, step: int) -> None:
+        """Gradient-level hook: gradients are in ``p.grad``; e.g. all-reduce them."""
+
+    def after_step(self, step: int) -> None:
+        """Model-level hook: after the optimizer step; e.g. average models every H steps."""
+
+    def eval_model(self) -> nn.Module:
+        """The model to evaluate and save (an ensemble, the consensus variable, ...)."""
+        return self.model
+
+    def describe(self) -> dict[str, Any]:
+        """The resolved plan shown by ``distml run --dry-run``."""
+        return {"algorithm": type(self).__name__}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        """Drop hooks and buffers before the process group is destroyed."""

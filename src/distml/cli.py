@@ -1,0 +1,210 @@
+"""Command line: ``distml run | launch | evaluate | list``.
+
+Exit codes: 0 success, 2 a user error (config, data, arguments; one line), 1 an internal
+failure or a dead peer (one line naming the rank), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from distml.errors import UserError
+
+EXIT_USER = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distml", description="Distributed machine learning, "
+                                "every strategy on the menu.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="train from a TOML config (local workers, or under torchrun)")
+    r.add_argument("config", nargs="?", help="TOML file (optional with --resume: the run's own config)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=0.1 (TOML syntax)")
+    r.add_argument("--workers", type=int, help="number of worker processes")
+    r.add_argument("--out", help="run folder (default runs/<name>)")
+    r.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    r.add_argument("--stop-after", type=int, metavar="STEPS",
+                   help="stop after STEPS steps with a checkpoint (continue later with --resume)")
+    r.add_argument("--dry-run", action="store_true", help="validate and print the plan; no training")
+    r.add_argument("--json", action="store_true", help="print the plan or summary as JSON")
+
+    la = sub.add_parser("launch", help="start N local copies of your own training script")
+    la.add_argument("-n", "--nproc", type=int, required=True, help="number of processes")
+    la.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for peers")
+    la.add_argument("script")
+    la.add_argument("args", nargs=argparse.REMAINDER)
+
+    e = sub.add_parser("evaluate", help="reload a run's model.pt and evaluate it on the test set")
+    e.add_argument("run_dir")
+
+    li = sub.add_parser("list", help="list registered models, optimizers, sources, algorithms, ...")
+    li.add_argument("kind", nargs="?")
+    return p
+
+
+def _under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or (
+        "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ)
+
+
+def cmd_run(args) -> int:
+    from distml import api
+    from distml.config import load_config
+    from distml.runtime.launcher import LaunchFailed
+
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        if args.workers < 1:
+            raise UserError(f"--workers must be >= 1, got {args.workers}")
+        overrides.append(f"workers={args.workers}")
+    config_path = args.config
+    if config_path is None:
+        if not (args.resume and args.out):
+            raise UserError("give a config file (e.g. examples/quickstart.toml), or --resume --out RUN_DIR")
+        config_path = None
+        base = json.loads((Path(args.out) / "config.json").read_text())
+        cfg = load_config(base=base, overrides=overrides)
+    else:
+        cfg = load_config(config_path, overrides)
+
+    if _under_torchrun():
+        from distml.runtime.worker import WorkerJob, torchrun_main
+        out = Path(args.out) if args.out else Path("runs") / cfg.name
+        return torchrun_main(WorkerJob(config=cfg.to_dict(), out_dir=str(out), resume=args.resume,
+                                       stop_after=args.stop_after))
+
+    if args.dry_run:
+        plan = api.plan(cfg)
+        print(json.dumps(plan, indent=2, default=str) if args.json else _format_plan(plan))
+        return 0
+    try:
+        summary = api.run(cfg, out=args.out, resume=args.resume, stop_after=args.stop_after)
+    except LaunchFailed as e:
+        print(f"distml: error: rank {e.first.rank}: {e.first.line}", file=sys.stderr)
+        others = [x for x in e.exits if x.rank != e.first.rank]
+        if others:
+            print(f"distml: ({len(others)} other rank(s) stopped after it)", file=sys.stderr)
+        return EXIT_USER if e.user_error else 1
+    if summary is None:
+        print(f"distml: stopped after {args.stop_after} steps; continue with "
+              f"`distml run --resume --out {_run_dir_of(cfg, args)}`")
+        return 0
+    print(json.dumps(summary, indent=2) if args.json else _format_summary(summary))
+    return 0
+
+
+def _run_dir_of(cfg, args) -> str:
+    return args.out or str(Path("runs") / cfg.name)
+
+
+def _format_plan(plan: dict[str, Any]) -> str:
+    lines = [f"plan for '{plan['name']}': {plan['workers']} worker(s), backend {plan['backend']}"]
+    d = plan["data"]
+    lines.append(f"  data       {d['source']}  ({d['task']}, input {d['input_shape']}, "
+                 f"classes {d['num_classes']}, train {d['train_samples']}, test {d['test_samples']})")
+    lines.append(f"  partition  {d['partition']}, batch {d['batch_size_per_worker']} per worker")
+    for s in plan["shards"]:
+        lines.append(f"    rank {s['rank']:<3} {s['role']:<14} {s['samples_per_epoch']} samples/epoch, "
+                     f"{s['steps_per_epoch']} steps/epoch")
+    lines.append(f"  model      {plan['model']['spec']}  ({plan['model']['parameters']:,} parameters)")
+    lines.append(f"  optimizer  {plan['optimizer']}, schedule {plan['schedule']}")
+    lines.append(f"  algorithm  {plan['algorithm']}")
+    lines.append(f"  codec      {plan['codec'] or 'none'}")
+    lines.append(f"  steps      {plan['total_steps']} ({plan['steps_per_epoch']} per epoch)")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _format_summary(s: dict[str, Any]) -> str:
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"distml run '{s.get('name')}' — {s['algorithm']}, {s['workers']} workers",
+              show_header=True)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    rows = [("test accuracy", s["test_accuracy"]), ("test loss", s["test_loss"]),
+            ("train loss", s["train_loss"]), ("steps", s["steps"]),
+            ("wall seconds", s["wall_seconds"]), ("steps / s", s.get("steps_per_second")),
+            ("compute s / worker", s["compute_seconds"]), ("comm s / worker", s["comm_seconds"]),
+            ("wait s / worker", s["wait_seconds"]), ("MB sent (all workers)", s["bytes_sent"] / 1e6),
+            ("time to target s", s["time_to_target"]), ("results", s.get("run_dir"))]
+    for k, v in rows:
+        t.add_row(k, _fmt(v))
+    buf = StringIO()
+    Console(file=buf, width=100, force_terminal=False).print(t)
+    return buf.getvalue().rstrip()
+
+
+def cmd_launch(args) -> int:
+    from distml.runtime.launcher import launch_script
+    if args.nproc < 1:
+        raise UserError(f"-n must be >= 1, got {args.nproc}")
+    if not Path(args.script).exists():
+        raise UserError(f"script not found: {args.script}")
+    return launch_script(args.script, args.args, args.nproc, args.timeout)
+
+
+def cmd_evaluate(args) -> int:
+    from distml.runtime.evaluate_run import evaluate_run
+    result = evaluate_run(Path(args.run_dir))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from distml.runtime.build import registries
+    regs = registries()
+    kinds = [args.kind] if args.kind else list(regs)
+    for kind in kinds:
+        if kind not in regs:
+            raise UserError(f"unknown kind '{kind}'; valid: {', '.join(regs)}")
+        reg = regs[kind]
+        print(f"{kind}:")
+        for name in reg.names():
+            meta = reg.meta(name)
+            params = ", ".join(f"{k}={v!r}" if v is not __import__("inspect").Parameter.empty else k
+                               for k, v in reg.parameters(name).items()
+                               if k not in ("params", "input_shape", "num_classes", "task", "seed",
+                                            "optimizer", "total_steps"))
+            line = f"  {name:<20} {meta.get('summary', '')}"
+            if params:
+                line += f"\n  {'':<20} params: {params}"
+            if meta.get("paper"):
+                line += f"\n  {'':<20} paper: {meta['paper']}"
+            print(line)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"run": cmd_run, "launch": cmd_launch, "evaluate": cmd_evaluate, "list": cmd_list}
+    try:
+        return handlers[args.command](args)
+    except UserError as e:
+        print(f"distml: error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("distml: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,392 @@
+"""The one door to torch.distributed.
+
+Every byte that crosses a process boundary goes through :class:`Transport`, so every
+byte is counted (per operation kind), every wait has a timeout, and a dead peer turns
+into a :class:`~distml.errors.PeerError` instead of a hang. Algorithms never import
+``torch.distributed``; the model-parallel ones may take :attr:`Transport.group` for
+torch's own pipelining / tensor-parallel modules.
+
+Bytes follow DESIGN.md §5: ``sent`` is the payload a rank hands to the transport (its
+all-reduce input, its sends), ``received`` is what it gets back; the collective's
+internal ring traffic is not counted here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from distml.errors import PeerError
+
+_REDUCE_OPS = {
+    "sum": dist.ReduceOp.SUM,
+    "avg": dist.ReduceOp.AVG,
+    "max": dist.ReduceOp.MAX,
+    "min": dist.ReduceOp.MIN,
+    "product": dist.ReduceOp.PRODUCT,
+}
+
+
+@dataclass
+class OpStats:
+    """Counters of one operation kind."""
+
+    calls: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class CommStats:
+    """Per-operation byte, message and time counters of one rank.
+
+    ``comm_seconds`` is time inside transport calls (including waits on async
+    handles); ``wait_seconds`` is time blocked on a peer or a pace rule outside a
+    collective (barriers, held pulls), reported separately per DESIGN.md §5.
+    """
+
+    ops: dict[str, OpStats] = field(default_factory=dict)
+    wait_seconds: float = 0.0
+
+    def record(self, op: str, sent: int = 0, received: int = 0, seconds: float = 0.0,
+               calls: int = 1) -> None:
+        s = self.ops.setdefault(op, OpStats())
+        s.calls += calls
+        s.bytes_sent += sent
+        s.bytes_received += received
+        s.seconds += seconds
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(s.bytes_sent for s in self.ops.values())
+
+    @property
+    def bytes_received(self) -> int:
+        return sum(s.bytes_received for s in self.ops.values())
+
+    @property
+    def comm_seconds(self) -> float:
+        return sum(s.seconds for s in self.ops.values())
+
+    @property
+    def messages(self) -> int:
+        return sum(s.calls for s in self.ops.values())
+
+    def snapshot(self) -> dict:
+        return {
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "comm_seconds": self.comm_seconds,
+            "wait_seconds": self.wait_seconds,
+            "messages": self.messages,
+            "ops": {k: vars(v).copy() for k, v in sorted(self.ops.items())},
+        }
+
+    def load_snapshot(self, snap: dict) -> None:
+        self.ops = {k: OpStats(**v) for k, v in snap.get("ops", {}).items()}
+        self.wait_seconds = float(snap.get("wait_seconds", 0.0))
+
+
+def nbytes(x: torch.Tensor) -> int:
+    return x.numel() * x.element_size()
+
+
+class Handle:
+    """An operation in flight; :meth:`wait` blocks (within the timeout) and counts the time.
+
+    ps-lite style: ``h = transport.all_reduce(x, async_op=True); ...; h.wait()``.
+    """
+
+    def __init__(self, transport: Transport, op: str, work, sent: int, received: int,
+                 result=None, on_done=None):
+        self._transport = transport
+        self._op = op
+        self._work = work
+        self._sent = sent
+        self._received = received
+        self._result = result
+        self._on_done = on_done
+        self._done = False
+
+    def is_completed(self) -> bool:
+        return self._done or self._work.is_completed()
+
+    def wait(self):
+        """Block until done; return the operation's result (the tensor, or the sender for recv)."""
+        if not self._done:
+            t0 = time.perf_counter()
+            self._transport._guard(self._op, lambda: self._work.wait(self._transport.timeout))
+            self._transport.stats.record(self._op, self._sent, self._received,
+                                         time.perf_counter() - t0, calls=0)
+            self._done = True
+            if self._on_done is not None:
+                self._result = self._on_done()
+        return self._result
+
+
+class Transport:
+    """Rank, world and every communication primitive, with accounting and timeouts.
+
+    Args:
+        rank: this process's rank in ``group`` (the default group if None).
+        world_size: number of ranks in the group.
+        timeout_s: the longest any call may wait for a peer.
+        group: a torch process group; None means the default (world) group.
+        stats: counters to add to (subgroups share their parent's).
+        latency_ms: extra delay injected before every message, to emulate a slow
+            network (netem is not available on our hosts, DESIGN.md §6).
+    """
+
+    def __init__(self, rank: int, world_size: int, timeout_s: float = 60.0, group=None,
+                 stats: CommStats | None = None, latency_ms: float = 0.0, global_ranks=None):
+        self.rank = rank
+        self.world_size = world_size
+        self.timeout = datetime.timedelta(seconds=timeout_s)
+        self.group = group
+        self.stats = stats if stats is not None else CommStats()
+        self.latency_s = latency_ms / 1000.0
+        self._global_ranks = list(global_ranks) if global_ranks is not None else list(range(world_size))
+        self._subgroups: list[Transport] = []
+
+    # ---- lifecycle -------------------------------------------------------------------
+    @classmethod
+    def connect(cls, store, rank: int, world_size: int, backend: str = "gloo",
+                timeout_s: float = 60.0, latency_ms: float = 0.0, device_id=None) -> Transport:
+        """Join the world through a c10d store (created by the launcher or torchrun).
+
+        Raises:
+            PeerError: the other ranks did not join within ``timeout_s``.
+        """
+        kwargs = {"store": store} if store is not None else {"init_method": "env://"}
+        if device_id is not None:
+            kwargs["device_id"] = device_id
+        try:
+            dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                                    timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        except (RuntimeError, dist.DistStoreError) as e:
+            raise PeerError(f"rank {rank}: could not join the {world_size}-rank world within "
+                            f"{timeout_s:g} s ({_first_line(e)})") from e
+        return cls(rank, world_size, timeout_s=timeout_s, latency_ms=latency_ms)
+
+    @staticmethod
+    def host_store(listen_socket, timeout_s: float):
+        """Host the rendezvous store on an already-bound listening socket.
+
+        Handing torch a socket bound to 127.0.0.1 keeps the store off other interfaces
+        (a TCPStore given only a port listens on all of them).
+        """
+        return dist.TCPStore("127.0.0.1", listen_socket.getsockname()[1], is_master=True,
+                             master_listen_fd=listen_socket.fileno(), wait_for_workers=False,
+                             timeout=datetime.timedelta(seconds=timeout_s))
+
+    @staticmethod
+    def store_client(host: str, port: int, timeout_s: float):
+        """Connect to a rendezvous store hosted by the launcher."""
+        try:
+            return dist.TCPStore(host, port, is_master=False,
+                                 timeout=datetime.timedelta(seconds=timeout_s))
+        except (RuntimeError, dist.DistStoreError) as e:
+            raise PeerError(f"cannot reach the rendezvous store at {host}:{port} ({_first_line(e)})") from e
+
+    @staticmethod
+    def backend() -> str:
+        return dist.get_backend() if dist.is_initialized() else "none"
+
+    def close(self) -> None:
+        """Leave the world with the sequence that was clean in 18/18 runs (DESIGN.md §6).
+
+        The caller drops its model/optimizer references first; a final barrier makes
+        sure no peer is still inside a collective when the group is destroyed.
+        """
+        if not dist.is_initialized():
+            return
+        gc.collect()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+    @staticmethod
+    def abort() -> None:
+        """Tear the group down after a failure, without talking to peers."""
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # the group may already be broken; we are exiting anyway
+                pass
+
+    # ---- error handling --------------------------------------------------------------
+    def _guard(self, op: str, fn):
+        try:
+            return fn()
+        except PeerError:
+            raise
+        except (RuntimeError, dist.DistError) as e:
+            raise PeerError(
+                f"rank {self.global_rank}: {op} failed — a peer died or did not answer within "
+                f"{self.timeout.total_seconds():g} s ({_first_line(e)})") from e
+
+    @property
+    def global_rank(self) -> int:
+        return self._global_ranks[self.rank]
+
+    def _delay(self) -> None:
+        if self.latency_s > 0:
+            time.sleep(self.latency_s)
+
+    def _timed(self, op: str, fn, sent: int, received: int):
+        self._delay()
+        t0 = time.perf_counter()
+        out = self._guard(op, fn)
+        self.stats.record(op, sent, received, time.perf_counter() - t0)
+        return out
+
+    def _start(self, op: str, fn, sent: int, received: int, result=None, on_done=None) -> Handle:
+        """Start an async op: the call itself is counted now, its wait when waited on."""
+        self._delay()
+        t0 = time.perf_counter()
+        work = self._guard(op, fn)
+        self.stats.record(op, 0, 0, time.perf_counter() - t0)
+        return Handle(self, op, work, sent, received, result=result, on_done=on_done)
+
+    # ---- collectives -----------------------------------------------------------------
+    def all_reduce(self, x: torch.Tensor, op: str = "sum", async_op: bool = False):
+        """Reduce ``x`` in place over the group; ``op`` in sum, avg, max, min, product.
+
+        Returns:
+            ``x`` (reduced), or a :class:`Handle` whose ``wait()`` returns it.
+        """
+        if op not in _REDUCE_OPS:
+            raise ValueError(f"op must be one of {', '.join(_REDUCE_OPS)}, got {op!r}")
+        n = nbytes(x)
+        if self.world_size == 1:
+            self.stats.record("all_reduce", n, n)
+            return Handle(self, "all_reduce", _Done(), 0, 0, result=x) if async_op else x
+        call = lambda: dist.all_reduce(x, op=_REDUCE_OPS[op], group=self.group, async_op=async_op)
+        if async_op:
+            return self._start("all_reduce", call, n, n, result=x)
+        self._timed("all_reduce", call, n, n)
+        return x
+
+    def broadcast(self, x: torch.Tensor, src: int = 0, async_op: bool = False):
+        """Broadcast ``x`` from group rank ``src`` in place."""
+        n = nbytes(x)
+        sent, received = (n, 0) if self.rank == src else (0, n)
+        if self.world_size == 1:
+            return x
+        call = lambda: dist.broadcast(x, src=self._global_ranks[src], group=self.group,
+                                      async_op=async_op)
+        if async_op:
+            return self._start("broadcast", call, sent, received, result=x)
+        self._timed("broadcast", call, sent, received)
+        return x
+
+    def all_gather(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Gather equally shaped tensors from every rank; returns one per rank."""
+        out = [torch.empty_like(x) for _ in range(self.world_size)]
+        n = nbytes(x)
+        if self.world_size == 1:
+            out[0].copy_(x)
+            return out
+        self._timed("all_gather", lambda: dist.all_gather(out, x, group=self.group),
+                    n, n * (self.world_size - 1))
+        return out
+
+    def all_gather_object(self, obj) -> list:
+        """Gather a small picklable object (metadata, not payloads) from every rank."""
+        out = [None] * self.world_size
+        if self.world_size == 1:
+            return [obj]
+        self._timed("all_gather_object", lambda: dist.all_gather_object(out, obj, group=self.group),
+                    0, 0)
+        return out
+
+    def reduce_scatter(self, out: torch.Tensor, inputs: list[torch.Tensor], op: str = "sum"):
+        """Reduce ``inputs`` (one per rank) and keep this rank's part in ``out``."""
+        n = sum(nbytes(t) for t in inputs)
+        self._timed("reduce_scatter",
+                    lambda: dist.reduce_scatter(out, inputs, op=_REDUCE_OPS[op], group=self.group),
+                    n, nbytes(out))
+        return out
+
+    def barrier(self) -> None:
+        """Wait until every rank arrives; counted as wait time, not communication."""
+        if self.world_size == 1:
+            return
+        self._delay()
+        t0 = time.perf_counter()
+        self._guard("barrier", lambda: dist.monitored_barrier(
+            group=self.group, timeout=self.timeout, wait_all_ranks=True)
+            if dist.get_backend(self.group) == "gloo" else dist.barrier(group=self.group))
+        self.stats.wait_seconds += time.perf_counter() - t0
+
+    # ---- point to point --------------------------------------------------------------
+    def send(self, x: torch.Tensor, dst: int, tag: int = 0) -> None:
+        n = nbytes(x)
+        self._timed("send", lambda: dist.send(x, self._global_ranks[dst], group=self.group, tag=tag),
+                    n, 0)
+
+    def isend(self, x: torch.Tensor, dst: int, tag: int = 0) -> Handle:
+        n = nbytes(x)
+        return self._start("send", lambda: dist.isend(x, self._global_ranks[dst], group=self.group,
+                                                      tag=tag), n, 0, result=x)
+
+    def recv(self, out: torch.Tensor, src: int | None = None, tag: int = 0) -> int:
+        """Receive into ``out``; ``src=None`` takes any sender. Returns the sender's group rank."""
+        n = nbytes(out)
+        peer = None if src is None else self._global_ranks[src]
+        sender = self._timed("recv", lambda: dist.recv(out, peer, group=self.group, tag=tag), 0, n)
+        return self._global_ranks.index(sender)
+
+    def irecv(self, out: torch.Tensor, src: int | None = None, tag: int = 0) -> Handle:
+        n = nbytes(out)
+        peer = None if src is None else self._global_ranks[src]
+        work_box = {}
+
+        def start():
+            work_box["w"] = dist.irecv(out, peer, group=self.group, tag=tag)
+            return work_box["w"]
+
+        def sender():
+            return self._global_ranks.index(work_box["w"]._source_rank()) if src is None else src
+
+        return self._start("recv", start, 0, n, on_done=sender)
+
+    # ---- groups ----------------------------------------------------------------------
+    def subgroup(self, ranks: Sequence[int], backend: str | None = None) -> Transport | None:
+        """A transport over a subset of the world (must be called by every rank).
+
+        Returns None on ranks outside ``ranks``. Stats are shared with this transport.
+        """
+        ranks = sorted(int(r) for r in ranks)
+        pg = self._guard("new_group", lambda: dist.new_group(ranks=ranks, backend=backend,
+                                                             timeout=self.timeout))
+        if self.global_rank not in ranks:
+            return None
+        sub = Transport(ranks.index(self.global_rank), len(ranks), self.timeout.total_seconds(),
+                        group=pg, stats=self.stats, latency_ms=self.latency_s * 1000,
+                        global_ranks=ranks)
+        self._subgroups.append(sub)
+        return sub
+
+
+class _Done:
+    """A finished work item, for the single-rank fast path."""
+
+    def wait(self, timeout=None):
+        return True
+
+    def is_completed(self):
+        return True
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

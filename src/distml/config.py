@@ -1,0 +1,217 @@
+"""Typed run configuration, read from TOML.
+
+Every pluggable part is a *spec*: a name or ``{name = "...", **params}`` resolved through
+a registry when the run is built, so new entries need no change here. Sections that are
+not specs (``[train]``, ``[comm]``) are closed: an unknown key fails with the list of the
+valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distml.errors import ConfigError
+
+Spec = str | dict[str, Any]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class _SpecSection(BaseModel):
+    """A section that is itself a spec: ``name`` plus the entry's parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def spec(self, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The section as a registry spec, minus the keys the runtime interprets itself."""
+        out = {"name": self.name, **(self.model_extra or {})}
+        for key in drop:
+            out.pop(key, None)
+        return out
+
+
+class DataConfig(_Section):
+    source: Spec = "fashion_mnist"
+    partition: Spec = "shuffle_split"
+    batch_size: int = Field(64, ge=1)
+    test_batch_size: int = Field(1000, ge=1)
+    samples_per_epoch: int | None = Field(None, ge=1)  # online sources: the length of an "epoch"
+    lr_scaling: Literal["none", "linear"] = "none"
+
+    @field_validator("source", "partition", mode="before")
+    @classmethod
+    def _default_name(cls, v: Any, info: Any) -> Any:
+        # `--set data.source.path=...` on a default source builds a table without a name
+        if isinstance(v, dict) and "name" not in v:
+            return {"name": cls.model_fields[info.field_name].default, **v}
+        return v
+
+
+class ModelConfig(_SpecSection):
+    name: str = "cnn"
+    loss: Spec = "auto"
+
+    def spec(self, drop: tuple[str, ...] = ("loss",)) -> dict[str, Any]:
+        return super().spec(drop)
+
+
+class OptimConfig(_SpecSection):
+    name: str = "sgd"
+    schedule: Spec = "constant"
+
+    def spec(self, drop: tuple[str, ...] = ("schedule",)) -> dict[str, Any]:
+        return super().spec(drop)
+
+
+class AlgorithmConfig(_SpecSection):
+    name: str = "sync_sgd"
+
+
+class CommConfig(_Section):
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    timeout_s: float = Field(60.0, gt=0)
+    codec: list[Spec] = Field(default_factory=list)
+    error_feedback: bool = False
+    latency_ms: float = Field(0.0, ge=0)
+
+    @field_validator("codec", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, (str, dict)) else v
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    eval_every: int = Field(0, ge=0)          # steps; 0 = at the end of every epoch
+    log_every: int = Field(10, ge=1)
+    target_accuracy: float | None = Field(None, gt=0, le=1)
+    stop_at_target: bool = False
+    checkpoint_every: int = Field(0, ge=0)    # steps; 0 = only the final model
+    threads_per_worker: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: bool = True
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    seed: int = 0
+    workers: int = Field(2, ge=1, le=1024)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    comm: CommConfig = Field(default_factory=CommConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _name_is_a_folder_name(self) -> RunConfig:
+        if not self.name or any(c in self.name for c in "/\\\0") or self.name in (".", ".."):
+            raise ValueError(f"name must be usable as a folder name, got {self.name!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=False)
+
+
+def _format_validation_error(e: ValidationError, where: str) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        section = _section_for(err["loc"][:-1])
+        valid = ", ".join(section.model_fields) if section else "?"
+        return f"{where}: unknown key '{loc}'; valid keys here: {valid}"
+    msg = err["msg"]
+    if "input" in err and kind not in ("missing",):
+        msg += f", got {err['input']!r}"
+    return f"{where}: {loc}: {msg}"
+
+
+def _section_for(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def parse_config(data: dict[str, Any], where: str = "config") -> RunConfig:
+    """Validate a config dict (as read from TOML).
+
+    Raises:
+        ConfigError: with one line naming the key, the problem and the valid choices.
+    """
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, where)) from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file into a dict; syntax errors name the file and line."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config {p}: {e}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: TOML syntax error: {e}") from None
+
+
+def parse_value(text: str) -> Any:
+    """Parse the right-hand side of ``--set key=value`` as a TOML value, else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values in TOML syntax) to a config dict.
+
+    Raises:
+        ConfigError: an override without ``=`` or one that descends into a non-table.
+    """
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value (e.g. optim.lr=0.1), got {item!r}")
+        parts = key.split(".")
+        if any(not p for p in parts):
+            raise ConfigError(f"--set key has an empty part: {key!r}")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if isinstance(child, str):     # a spec given as a bare name becomes a table
+                child = node[part] = {"name": child}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: '{part}' is a value, not a table")
+            node = child
+        node[parts[-1]] = parse_value(raw.strip())
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> RunConfig:
+    """Load a run config from a TOML file (or a dict) and apply ``--set`` overrides."""
+    data = load_toml(path) if path is not None else copy.deepcopy(base or {})
+    data = apply_overrides(data, overrides or [])
+    return parse_config(data, where=str(path) if path is not None else "config")

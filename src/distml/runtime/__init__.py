@@ -1,0 +1,1 @@
+"""Runtime: launcher, worker loop, evaluation, checkpoints, metrics."""

@@ -1,0 +1,180 @@
+"""Turn a validated config into the parts of one worker: data, model, optimizer, algorithm.
+
+The same function builds a worker's parts inside a training process and the plan that
+``distml run --dry-run`` prints (and that the launcher checks before it spawns anyone),
+so a config that passes the dry run builds in every worker.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from distml.algorithms import ALGORITHMS
+from distml.config import RunConfig
+from distml.errors import ConfigError
+from distml.models import build_loss, build_model
+from distml.optim import build_optimizer, build_schedule, is_full_batch, needs_closure
+from distml.partition import PARTITIONS, SOURCES, make_loader
+from distml.registry import split_spec
+
+
+@dataclass
+class UserParts:
+    """What a Python-API user hands over instead of registry names.
+
+    Args:
+        model: an ``nn.Module`` (copied into every worker) or a callable
+            ``(input_shape, num_classes) -> nn.Module``.
+        source: a data source object (see ``distml.partition.user_source``).
+        loss: a callable ``(output, target) -> loss``.
+    """
+
+    model: Any = None
+    source: Any = None
+    loss: Any = None
+
+
+@dataclass
+class Parts:
+    """Everything one worker trains with."""
+
+    source: Any
+    loader: Any
+    test_data: Any
+    model: nn.Module
+    loss_fn: Any
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    algorithm: Any
+    steps_per_epoch: int
+    total_steps: int
+    full_batch: bool
+    needs_closure: bool
+    plan: dict[str, Any] = field(default_factory=dict)
+
+
+def registries() -> dict[str, Any]:
+    """Every registry by kind (``distml.register``, ``distml list``)."""
+    from distml.models import LOSSES, MODELS
+    from distml.optim import OPTIMIZERS, SCHEDULES
+    return {"model": MODELS, "loss": LOSSES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+            "source": SOURCES, "partition": PARTITIONS, "algorithm": ALGORITHMS}
+
+
+def restore_registrations(entries: list[tuple[str, str, Any, dict]]) -> None:
+    """Re-register user entries inside a spawned worker (its registries start fresh)."""
+    regs = registries()
+    for kind, name, obj, meta in entries:
+        regs[kind].register(name, obj, replace=True, **meta)
+
+
+def build_source(config: RunConfig, user: UserParts | None = None):
+    if user is not None and user.source is not None:
+        return user.source
+    return SOURCES.build(config.data.source, seed=config.seed)
+
+
+def build_model_for(config: RunConfig, info, user: UserParts | None = None) -> nn.Module:
+    """Build the model identically on every rank (same seed → same initial weights)."""
+    torch.manual_seed(config.seed)
+    if user is not None and user.model is not None:
+        if isinstance(user.model, nn.Module):
+            return user.model
+        return user.model(info.input_shape, info.num_classes)
+    return build_model(config.model.spec(), info)
+
+
+def build_parts(config: RunConfig, rank: int, world: int, device: torch.device | str = "cpu",
+                user: UserParts | None = None, source=None) -> Parts:
+    """Build one worker's parts; raises ConfigError/DataError for anything invalid."""
+    source = source if source is not None else build_source(config, user)
+    info = source.info
+    optim_name, _ = split_spec(config.optim.spec(), "optimizer")
+    full_batch = is_full_batch(optim_name)
+    closure = needs_closure(optim_name)
+    if source.online and config.data.samples_per_epoch is None:
+        raise ConfigError("an online data source needs data.samples_per_epoch (the length of "
+                          "one epoch), e.g. --set data.samples_per_epoch=20000")
+    partition = PARTITIONS.build(config.data.partition)
+    loader = make_loader(source, partition, rank, world, config.data.batch_size, config.seed,
+                         samples_per_epoch=config.data.samples_per_epoch)
+    steps_per_epoch = 1 if full_batch else loader.steps_per_epoch
+    total_steps = max(1, math.ceil(config.train.epochs * steps_per_epoch))
+    if config.train.max_steps is not None:
+        total_steps = min(total_steps, config.train.max_steps)
+
+    algorithm = ALGORITHMS.build(config.algorithm.spec())
+    model = build_model_for(config, info, user)
+    prepare = getattr(algorithm, "prepare_model", None)
+    if prepare is not None:
+        model = prepare(model)
+    model = model.to(device)
+    if user is not None and user.loss is not None:
+        loss_fn = user.loss
+    else:
+        model_name = config.model.name if (user is None or user.model is None) else "user"
+        loss_fn = build_loss(config.model.loss, model_name, info)
+
+    optim_spec = dict(config.optim.spec())
+    if config.data.lr_scaling == "linear" and "lr" in optim_spec:
+        optim_spec["lr"] = optim_spec["lr"] * world   # Goyal et al. 2017: lr ∝ global batch
+    optimizer = build_optimizer(optim_spec, model.parameters())
+    schedule = build_schedule(config.optim.schedule, optimizer, total_steps)
+    _check_composition(config)
+    return Parts(source=source, loader=loader, test_data=None, model=model, loss_fn=loss_fn,
+                 optimizer=optimizer, schedule=schedule, algorithm=algorithm,
+                 steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                 full_batch=full_batch, needs_closure=closure)
+
+
+def _check_composition(config: RunConfig) -> None:
+    """Reject combinations that DESIGN.md §3.1 leaves out, naming what does compose."""
+    if config.comm.codec:
+        names = [split_spec(c, "codec")[0] for c in config.comm.codec]
+        raise ConfigError(f"comm.codec {names} is not available in this version: no codec is "
+                          "registered yet; remove comm.codec")
+    if config.comm.error_feedback:
+        raise ConfigError("comm.error_feedback needs a comm.codec; remove it or add a codec")
+
+
+def make_plan(config: RunConfig, user: UserParts | None = None) -> dict[str, Any]:
+    """The resolved plan of a run, built without training (``distml run --dry-run``).
+
+    Builds every worker's data shard (indices only) and rank 0's model, optimizer and
+    algorithm, so every name and parameter is checked.
+    """
+    world = config.workers
+    source = build_source(config, user)
+    parts = build_parts(config, 0, world, "cpu", user, source=source)
+    shards = []
+    for rank in range(world):
+        loader = parts.loader if rank == 0 else make_loader(
+            source, PARTITIONS.build(config.data.partition), rank, world, config.data.batch_size,
+            config.seed, samples_per_epoch=config.data.samples_per_epoch)
+        shards.append({"rank": rank, "role": "worker" + (" (lead)" if rank == 0 else ""),
+                       "samples_per_epoch": loader.steps_per_epoch * config.data.batch_size,
+                       "steps_per_epoch": loader.steps_per_epoch})
+    n_params = sum(p.numel() for p in parts.model.parameters())
+    info = source.info
+    return {
+        "name": config.name,
+        "workers": world,
+        "backend": config.comm.backend,
+        "data": {"source": config.data.source, "partition": config.data.partition,
+                 "online": bool(source.online), "task": info.task,
+                 "num_classes": info.num_classes, "input_shape": list(info.input_shape),
+                 "train_samples": None if source.online else len(source.train()),
+                 "test_samples": len(source.test()), "batch_size_per_worker": config.data.batch_size},
+        "shards": shards,
+        "model": {"spec": config.model.spec() if (user is None or user.model is None) else "user module",
+                  "parameters": n_params},
+        "optimizer": config.optim.spec(), "schedule": config.optim.schedule,
+        "algorithm": parts.algorithm.describe() | {"spec": config.algorithm.spec()},
+        "codec": config.comm.codec or None,
+        "steps_per_epoch": parts.steps_per_epoch, "total_steps": parts.total_steps,
+    }

@@ -1,0 +1,39 @@
+"""``distml evaluate RUN_DIR``: rebuild a finished run's model, load ``model.pt``, evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distml.config import parse_config
+from distml.errors import UserError
+from distml.runtime.build import build_model_for, build_source
+from distml.runtime.evaluate import evaluate
+
+
+def evaluate_run(run_dir: Path) -> dict[str, Any]:
+    """Evaluate the saved model of ``run_dir`` on its data source's test set.
+
+    Raises:
+        UserError: the folder has no config.json / model.pt, or the model does not match.
+    """
+    cfg_path, model_path = run_dir / "config.json", run_dir / "model.pt"
+    for p in (cfg_path, model_path):
+        if not p.exists():
+            raise UserError(f"{p} not found: is {run_dir} a finished distml run?")
+    config = parse_config(json.loads(cfg_path.read_text()), where=str(cfg_path))
+    source = build_source(config)
+    model = build_model_for(config, source.info)
+    try:
+        state = torch.load(model_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as e:
+        raise UserError(f"{model_path} cannot be loaded into the run's model: {e}") from None
+    from distml.models import build_loss
+    loss_fn = build_loss(config.model.loss, config.model.name, source.info)
+    result = evaluate(model, source.test(), loss_fn, config.data.test_batch_size,
+                      classification=source.info.task == "classification")
+    return {"run_dir": str(run_dir), **result}

@@ -1,0 +1,223 @@
+"""The embedded launcher: N local worker processes on 127.0.0.1, watched until they end.
+
+The launcher hosts the rendezvous store itself, on a socket bound to 127.0.0.1, so no
+port race and nothing reachable from other hosts; gloo is pinned to the loopback
+interface. When a worker fails, the others get the configured timeout to notice and
+exit on their own, then the launcher ends them: no process outlives a run. The first
+failure is reported in one line that names its rank.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from distml.comm.transport import Transport
+from distml.errors import PeerError, UserError
+from distml.runtime.worker import EXIT_USER, Rendezvous, WorkerJob, run_worker_process
+
+LOOPBACK = "127.0.0.1"
+_ERROR_KEY = "distml/error/{rank}"
+
+
+@dataclass
+class WorkerExit:
+    rank: int
+    code: int
+    line: str
+    at: float
+
+
+class LaunchFailed(Exception):
+    """A worker failed: ``first`` is the failure that started it."""
+
+    def __init__(self, first: WorkerExit, exits: list[WorkerExit]):
+        self.first = first
+        self.exits = exits
+        super().__init__(f"rank {first.rank}: {first.line}")
+
+    @property
+    def user_error(self) -> bool:
+        return self.first.code == EXIT_USER
+
+
+def _loopback_env(env: dict[str, str]) -> None:
+    # gloo binds its pair sockets to the interface of the hostname unless told otherwise
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+
+
+def _child(rank: int, world: int, port: int, job: WorkerJob, timeout_s: float) -> None:
+    _loopback_env(os.environ)
+    store_box: dict[str, Any] = {}
+
+    def report(r: int, code: int, line: str) -> None:
+        try:
+            store = store_box.get("s") or Transport.store_client(LOOPBACK, port, 10.0)
+            store.set(_ERROR_KEY.format(rank=r), f"{code}\n{line}")
+        except Exception:   # the launcher then reports the exit code alone
+            pass
+
+    code = run_worker_process(rank, world, rank, Rendezvous(LOOPBACK, port), job, report=report)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)   # skip atexit handlers of torch that can abort after a failed group
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _listen_loopback() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((LOOPBACK, 0))
+    sock.listen(128)
+    return sock
+
+
+def _read_error(store, rank: int) -> tuple[int, str] | None:
+    try:
+        key = _ERROR_KEY.format(rank=rank)
+        if store.check([key]):
+            code, _, line = store.get(key).decode().partition("\n")
+            return int(code), line
+    except Exception:
+        return None
+    return None
+
+
+def _stop(procs, grace_s: float = 5.0) -> None:
+    """SIGTERM the live processes we started, then SIGKILL whatever is left after ``grace_s``."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+
+
+def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
+    """Run ``world`` workers on this host and wait for them.
+
+    Raises:
+        LaunchFailed: a worker failed; the others were given ``timeout_s`` to exit and
+            then stopped.
+    """
+    sock = _listen_loopback()
+    store = Transport.host_store(sock, timeout_s)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_child, args=(r, world, sock.getsockname()[1], job, timeout_s),
+                         name=f"distml-rank{r}", daemon=False) for r in range(world)]
+    exits: dict[int, WorkerExit] = {}
+    try:
+        for p in procs:
+            p.start()
+        deadline = None
+        while len(exits) < world:
+            multiprocessing.connection.wait([p.sentinel for r, p in enumerate(procs) if r not in exits], timeout=0.5)
+            now = time.monotonic()
+            for r, p in enumerate(procs):
+                if r in exits or p.exitcode is None:
+                    continue
+                reported = _read_error(store, r)
+                code = p.exitcode
+                line = reported[1] if reported else _describe_exit(code)
+                exits[r] = WorkerExit(r, code, line, now)
+                if code != 0 and deadline is None:
+                    deadline = now + timeout_s + 5.0
+            if deadline is not None and now > deadline:
+                _stop(procs)
+                for r, p in enumerate(procs):
+                    if r not in exits:
+                        exits[r] = WorkerExit(r, p.exitcode if p.exitcode is not None else -9,
+                                              "stopped by the launcher after a peer failed",
+                                              time.monotonic())
+    except KeyboardInterrupt:
+        _stop(procs)
+        raise
+    finally:
+        _stop(procs)
+        del store
+        sock.close()
+    failed = sorted((e for e in exits.values() if e.code != 0), key=lambda e: (e.at, e.code != EXIT_USER))
+    if failed:
+        raise LaunchFailed(_first_cause(failed), failed)
+
+
+def _first_cause(failed: list[WorkerExit]) -> WorkerExit:
+    """The failure that started it: a user error or a killed/crashed rank before a peer error."""
+    def is_peer_echo(e: WorkerExit) -> bool:
+        return "a peer died or did not answer" in e.line or "could not join" in e.line
+    own = [e for e in failed if not is_peer_echo(e)]
+    return (own or failed)[0]
+
+
+def launch_script(script: str, args: list[str], world: int, timeout_s: float = 60.0) -> int:
+    """``distml launch -n N script.py``: start N copies of a user script with env:// variables.
+
+    The store is hosted here on 127.0.0.1 (torchrun's agent-store convention), so
+    ``distml.init()`` or ``torch.distributed.init_process_group("gloo")`` in the script
+    just connects.
+
+    Returns:
+        0 when every copy succeeded, else the first failing copy's exit code.
+    """
+    sock = _listen_loopback()
+    store = Transport.host_store(sock, timeout_s)
+    port = sock.getsockname()[1]
+    procs: list[subprocess.Popen] = []
+    try:
+        for r in range(world):
+            env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world),
+                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR=LOOPBACK, MASTER_PORT=str(port),
+                       TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_RESTART_COUNT="0")
+            _loopback_env(env)
+            procs.append(subprocess.Popen([sys.executable, script, *args], env=env))
+        first_bad, deadline = 0, None
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.2)
+            for p in procs:
+                if p.poll() not in (None, 0) and deadline is None:
+                    first_bad = p.returncode
+                    deadline = time.monotonic() + timeout_s + 5.0
+            if deadline is not None and time.monotonic() > deadline:
+                break
+        codes = [p.poll() for p in procs]
+        bad = [c for c in codes if c not in (None, 0)]
+        return first_bad or (bad[0] if bad else 0)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        del store
+        sock.close()
+
+
+__all__ = ["LaunchFailed", "launch_local", "launch_script", "PeerError", "UserError"]

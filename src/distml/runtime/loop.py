@@ -1,0 +1,264 @@
+"""The worker loop: forward, backward and optimizer step, with the algorithm's hooks.
+
+The loop calls the hooks of :class:`~distml.algorithms.base.Algorithm` explicitly
+(no patching of optimizers), measures each step's compute / communication / wait time,
+evaluates on rank 0 (evaluation time is excluded from the wall clock, DESIGN.md §5),
+and writes checkpoints that resume bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distml.config import RunConfig
+from distml.errors import UserError
+from distml.runtime.build import Parts
+from distml.runtime.checkpoint import Checkpoints
+from distml.runtime.evaluate import evaluate
+from distml.runtime.metrics import JsonlLog, StepClock, clean_float
+
+log = logging.getLogger("distml")
+
+
+class DivergenceError(UserError):
+    """The loss or the gradients stopped being finite."""
+
+
+@dataclass
+class LoopResult:
+    steps: int                 # total steps done (resumed runs included)
+    steps_this_run: int
+    wall_seconds: float
+    time_to_target: float | None
+    final_eval: dict[str, Any]
+    train_loss: float | None
+    clock: StepClock
+    completed: bool
+
+
+class TrainLoop:
+    """One worker's training run.
+
+    Args:
+        config: the run's config.
+        parts: what :func:`~distml.runtime.build.build_parts` built for this rank.
+        transport: this rank's transport.
+        out_dir: the run folder (``runs/<name>``).
+        device: where batches go.
+    """
+
+    def __init__(self, config: RunConfig, parts: Parts, transport, out_dir: Path,
+                 device: torch.device | str = "cpu"):
+        self.config = config
+        self.parts = parts
+        self.transport = transport
+        self.rank = transport.rank
+        self.out_dir = Path(out_dir)
+        self.device = device
+        self.checkpoints = Checkpoints(self.out_dir / "checkpoints", transport.rank)
+        self.clock = StepClock(transport.stats)
+        self.classification = parts.source.info.task == "classification"
+        self.test_data = parts.source.test() if self.rank == 0 else None
+        self.start_step = 0
+        self.wall_before = 0.0           # wall seconds of earlier (resumed) runs
+        self.time_to_target: float | None = None
+        self.last_eval: dict[str, Any] = {}
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def _state(self, next_step: int, wall: float, loss_window: list[float]) -> dict[str, Any]:
+        p = self.parts
+        return {"step": next_step, "model": p.model.state_dict(),
+                "optimizer": p.optimizer.state_dict(), "schedule": p.schedule.state_dict(),
+                "algorithm": p.algorithm.state_dict(), "rng": torch.get_rng_state(),
+                "clock": self.clock.state_dict(), "stats": self.transport.stats.snapshot(),
+                "wall": wall, "time_to_target": self.time_to_target, "loss_window": loss_window}
+
+    def save_checkpoint(self, next_step: int, wall: float, loss_window: list[float]) -> None:
+        self.checkpoints.write(next_step, self._state(next_step, wall, loss_window))
+        self.transport.barrier()     # every rank wrote before the marker moves
+        if self.rank == 0:
+            self.checkpoints.commit(next_step, self.transport.world_size)
+
+    def resume(self) -> list[float]:
+        """Restore the latest committed checkpoint, if any; returns the loss window."""
+        step = self.checkpoints.latest_step()
+        if step is None:
+            return []
+        state = self.checkpoints.load(step)
+        p = self.parts
+        p.model.load_state_dict(state["model"])
+        p.optimizer.load_state_dict(state["optimizer"])
+        p.schedule.load_state_dict(state["schedule"])
+        p.algorithm.load_state_dict(state["algorithm"])
+        torch.set_rng_state(state["rng"])
+        self.clock.load_state_dict(state["clock"])
+        self.transport.stats.load_snapshot(state["stats"])
+        self.start_step = int(state["step"])
+        self.wall_before = float(state["wall"])
+        self.time_to_target = state["time_to_target"]
+        log.info("resumed from step %d", self.start_step)
+        return list(state["loss_window"])
+
+    # ---- evaluation -------------------------------------------------------------------
+    def evaluate(self, step: int, wall: float, events: JsonlLog | None) -> dict[str, Any]:
+        """Rank 0 evaluates the algorithm's model; the others wait (time not counted)."""
+        result: dict[str, Any] = {}
+        if self.rank == 0:
+            result = evaluate(self.parts.algorithm.eval_model(), self.test_data, self.parts.loss_fn,
+                              self.config.data.test_batch_size, self.device, self.classification)
+            result.update(step=step, epoch=step / self.parts.steps_per_epoch, wall_seconds=wall,
+                          bytes_sent_rank0=self.transport.stats.bytes_sent)
+            target = self.config.train.target_accuracy
+            acc = result.get("test_accuracy")
+            if (self.time_to_target is None and target is not None and acc is not None
+                    and acc >= target):
+                self.time_to_target = wall
+            if events is not None:
+                events.write({k: clean_float(v) if isinstance(v, float) else v
+                              for k, v in result.items()})
+        if self.parts.algorithm.synchronous_eval:
+            # the barrier's time is evaluation time, excluded from every clock
+            saved = self.transport.stats.wait_seconds
+            self.transport.barrier()
+            self.transport.stats.wait_seconds = saved
+        self.last_eval = result
+        return result
+
+    # ---- the loop -----------------------------------------------------------------------
+    def _one_step(self, x, y, step: int) -> float:
+        p = self.parts
+        model, algo, opt = p.model, p.algorithm, p.optimizer
+
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            out = model(x)
+            loss = p.loss_fn(out, y)
+            extra = algo.loss_terms(model)
+            if extra is not None:
+                loss = loss + extra
+            loss.backward()
+            algo.after_backward(step)
+            return algo.global_loss(loss) if p.needs_closure else loss
+
+        if p.needs_closure:
+            loss = opt.step(closure)
+        else:
+            loss = closure()
+            opt.step()
+        p.schedule.step()
+        algo.after_step(step)
+        return float(loss)
+
+    def _batches(self):
+        """Yield ``(step, x, y)`` from ``start_step`` on, resuming mid-epoch exactly."""
+        p = self.parts
+        step = self.start_step
+        while step < p.total_steps:
+            epoch, offset = divmod(step, p.steps_per_epoch)
+            if p.full_batch:
+                x, y = p.loader.full_batch()
+                yield step, x, y
+                step += 1
+                continue
+            for x, y in p.loader.batches(epoch, start=offset):
+                yield step, x, y
+                step += 1
+                if step >= p.total_steps:
+                    return
+
+    def run(self, resume: bool = False, stop_after: int | None = None) -> LoopResult:
+        cfg = self.config.train
+        p = self.parts
+        loss_window = self.resume() if resume else []
+        out = self.out_dir
+        events = JsonlLog(out / f"events-rank{self.rank}.jsonl",
+                          resume_step=self.start_step if resume else None)
+        evals = JsonlLog(out / "eval.jsonl", resume_step=self.start_step if resume else None) \
+            if self.rank == 0 else None
+        p.model.train()
+        bar = _progress(self.rank == 0 and cfg.progress, p.total_steps, self.start_step)
+        eval_every = cfg.eval_every or p.steps_per_epoch
+        done = self.start_step
+        t_start = time.perf_counter()
+        eval_time = 0.0
+        last_loss = None
+
+        def wall() -> float:
+            return self.wall_before + (time.perf_counter() - t_start - eval_time)
+
+        try:
+            for step, x, y in self._batches():  # noqa: B007
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                self.clock.start()
+                loss = self._one_step(x, y, step)
+                self.clock.stop()
+                if not math.isfinite(loss):
+                    raise DivergenceError(
+                        f"loss became {loss} at step {step} on rank {self.rank}; lower optim.lr "
+                        "(the last good checkpoint is kept)")
+                last_loss = loss
+                loss_window = (loss_window + [loss])[-cfg.log_every:]
+                done = step + 1
+                if done % cfg.log_every == 0 or done == p.total_steps:
+                    st = self.transport.stats
+                    events.write({"step": done, "epoch": done / p.steps_per_epoch,
+                                  "loss": sum(loss_window) / len(loss_window), "wall_seconds": wall(),
+                                  "compute_seconds": self.clock.compute,
+                                  "comm_seconds": self.clock.comm, "wait_seconds": self.clock.wait,
+                                  "bytes_sent": st.bytes_sent, "bytes_received": st.bytes_received,
+                                  "lr": p.optimizer.param_groups[0]["lr"]})
+                if bar is not None:
+                    bar.update(1)
+                    if done % cfg.log_every == 0:
+                        bar.set_postfix(loss=f"{loss:.4f}", acc=_fmt(self.last_eval.get("test_accuracy")))
+                if done % eval_every == 0 and done != p.total_steps:
+                    t0 = time.perf_counter()
+                    self.evaluate(done, wall(), evals)
+                    eval_time += time.perf_counter() - t0
+                    if cfg.stop_at_target and self._agree_to_stop(self.time_to_target is not None):
+                        break
+                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != p.total_steps:
+                    self.save_checkpoint(done, wall(), loss_window)
+                if stop_after is not None and done >= stop_after and done != p.total_steps:
+                    self.save_checkpoint(done, wall(), loss_window)
+                    return LoopResult(done, done - self.start_step, wall(), self.time_to_target,
+                                      {}, last_loss, self.clock, completed=False)
+            total_wall = wall()
+            t0 = time.perf_counter()
+            final = self.evaluate(done, total_wall, evals)
+            eval_time += time.perf_counter() - t0
+            train_loss = sum(loss_window) / len(loss_window) if loss_window else last_loss
+            return LoopResult(done, done - self.start_step, total_wall, self.time_to_target, final,
+                              train_loss, self.clock, completed=True)
+        finally:
+            if bar is not None:
+                bar.close()
+            events.close()
+            if evals is not None:
+                evals.close()
+
+    def _agree_to_stop(self, mine: bool) -> bool:
+        """Rank 0 decides to stop at the target; every rank must learn it at the same step."""
+        flag = torch.tensor([1.0 if (mine and self.rank == 0) else 0.0])
+        self.transport.broadcast(flag, src=0)
+        return bool(flag.item())
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _progress(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.5, disable=None)

@@ -1,0 +1,179 @@
+"""One worker process: join the world, build, train, write results, leave cleanly.
+
+The same entry point runs under the local launcher (which hands it a store on
+127.0.0.1) and under ``torchrun`` (which hands it the ``env://`` variables).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distml.comm.transport import Transport
+from distml.config import RunConfig, parse_config
+from distml.errors import PeerError, UserError
+from distml.runtime.build import UserParts, build_parts, restore_registrations
+from distml.runtime.checkpoint import save_torch_atomic
+from distml.runtime.loop import TrainLoop
+from distml.runtime.metrics import summarize, write_json_atomic
+
+log = logging.getLogger("distml")
+
+EXIT_USER = 2
+EXIT_INTERNAL = 1
+
+
+@dataclass
+class WorkerJob:
+    """What every worker receives (picklable: no process groups, no open files)."""
+
+    config: dict[str, Any]
+    out_dir: str
+    resume: bool = False
+    stop_after: int | None = None
+    user: UserParts | None = None
+    registrations: list = field(default_factory=list)   # user entries from distml.register
+
+
+@dataclass
+class Rendezvous:
+    """Where the world meets: a store on ``host:port`` hosted by the launcher, or env://."""
+
+    host: str | None = None
+    port: int | None = None
+
+    def store(self, timeout_s: float):
+        if self.host is None:
+            return None
+        return Transport.store_client(self.host, self.port, timeout_s)
+
+
+def choose_device(config: RunConfig, local_rank: int) -> tuple[torch.device, str]:
+    """The rank's device and the matching backend (NCCL when CUDA is there, else gloo)."""
+    want = config.train.device
+    cuda = torch.cuda.is_available() and want != "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    device = torch.device("cuda", local_rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
+    backend = config.comm.backend
+    if backend == "auto":
+        backend = "nccl" if cuda else "gloo"
+    if backend == "nccl" and not cuda:
+        raise UserError("comm.backend = 'nccl' needs CUDA devices; use 'gloo' on CPU")
+    return device, backend
+
+
+def _setup_logging(out_dir: Path, rank: int) -> None:
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out_dir / "logs" / f"rank{rank}.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s rank" + str(rank) + " %(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous, job: WorkerJob) -> None:
+    """Train as rank ``rank``; raises UserError / PeerError / anything else on failure."""
+    restore_registrations(job.registrations)
+    config = parse_config(job.config)
+    out_dir = Path(job.out_dir)
+    _setup_logging(out_dir, rank)
+    torch.set_num_threads(config.train.threads_per_worker)
+    device, backend = choose_device(config, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    log.info("starting: pid %d, world %d, backend %s, device %s", os.getpid(), world, backend, device)
+    # build before joining: a data or config error then fails fast on every rank
+    parts = build_parts(config, rank, world, device, job.user)
+    transport = Transport.connect(rendezvous.store(config.comm.timeout_s), rank, world,
+                                  backend=backend, timeout_s=config.comm.timeout_s,
+                                  latency_ms=config.comm.latency_ms,
+                                  device_id=device if device.type == "cuda" else None)
+    try:
+        parts.algorithm.setup(parts.model, parts.optimizer, transport)
+        torch.manual_seed(config.seed * 100003 + rank)    # dropout etc. differ across ranks
+        loop = TrainLoop(config, parts, transport, out_dir, device)
+        result = loop.run(resume=job.resume, stop_after=job.stop_after)
+        totals = {"rank": rank, "steps": result.steps, "steps_this_run": result.steps_this_run,
+                  "train_loss": result.train_loss,
+                  "compute_seconds": result.clock.compute, "comm_seconds": result.clock.comm,
+                  "wait_seconds": result.clock.wait,
+                  "bytes_sent": transport.stats.bytes_sent,
+                  "bytes_received": transport.stats.bytes_received,
+                  "messages": transport.stats.messages}
+        per_rank = transport.all_gather_object(totals)
+        if rank == 0 and result.completed:
+            summary = summarize(per_rank, result.final_eval, algorithm=config.algorithm.name,
+                                workers=world, wall_seconds=result.wall_seconds,
+                                time_to_target=result.time_to_target,
+                                extra={"name": config.name, "backend": backend,
+                                       "device": str(device), "target_accuracy":
+                                       config.train.target_accuracy, "completed": True})
+            save_torch_atomic(out_dir / "model.pt", parts.algorithm.eval_model().state_dict())
+            write_json_atomic(out_dir / "summary.json", summary)
+        elif rank == 0:
+            write_json_atomic(out_dir / "stopped.json", {"step": result.steps, "completed": False})
+        log.info("finished at step %d", result.steps)
+        parts.algorithm.close()
+        del parts, loop
+        gc.collect()
+        transport.close()
+    except BaseException:
+        Transport.abort()
+        raise
+
+
+def run_worker_process(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
+                       job: WorkerJob, report=None) -> int:
+    """Run a worker and turn its outcome into an exit code and one line.
+
+    ``report(rank, code, line)`` lets the local launcher collect the line (through the
+    store) instead of every rank printing it.
+    """
+    code, line = 0, ""
+    try:
+        train_worker(rank, world, local_rank, rendezvous, job)
+    except UserError as e:
+        code, line = EXIT_USER, str(e)
+    except PeerError as e:
+        code, line = EXIT_INTERNAL, str(e)
+    except KeyboardInterrupt:
+        code, line = 130, "interrupted"
+    except Exception as e:  # an internal failure: the log gets the traceback
+        code, line = EXIT_INTERNAL, f"rank {rank}: internal error: {type(e).__name__}: {e}"
+        log.error("internal error\n%s", traceback.format_exc())
+    if code:
+        log.error("%s", line)
+        if report is not None:
+            report(rank, code, line)
+        else:
+            print(f"distml: error: rank {rank}: {line}", file=sys.stderr)
+    return code
+
+
+def torchrun_main(job: WorkerJob) -> int:
+    """Entry point when started by ``torchrun`` (RANK/WORLD_SIZE/LOCAL_RANK in the env)."""
+    rank = int(os.environ["RANK"])
+    world = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    os.environ.setdefault("TORCHELASTIC_RESTART_COUNT", "0")
+    if rank == 0:
+        Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(job.out_dir) / "config.json", job.config)
+    else:
+        Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+    return run_worker_process(rank, world, local_rank, Rendezvous(), job)
+
+
+def read_summary(out_dir: Path) -> dict[str, Any] | None:
+    path = Path(out_dir) / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
