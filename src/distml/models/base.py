@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 from distml.errors import ConfigError
@@ -14,29 +15,24 @@ LOSSES = Registry("loss")
 TASKS = ("classification", "regression")
 
 
-def check_input_shape(model: str, input_shape: Sequence[int], ndim: int | None = None) -> tuple[int, ...]:
+def check_input_shape(model: str, input_shape: Sequence[int], image: bool = False) -> tuple[int, ...]:
     """Return ``input_shape`` as a tuple of positive ints.
 
     Args:
         model: the model's registry name, for the message.
         input_shape: the shape of one example, without the batch dimension.
-        ndim: the number of dimensions the model needs, or None for any.
+        image: the model needs a 3-D (C, H, W) shape.
 
     Raises:
-        ConfigError: not a non-empty sequence of positive ints, or the wrong length.
+        ConfigError: not a non-empty sequence of positive ints, or not 3-D for an image model.
     """
-    try:
-        shape = tuple(input_shape)
-    except TypeError:
-        raise ConfigError(f"{model}: input_shape must be a tuple of positive ints, "
-                          f"got {input_shape!r}") from None
-    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
-                            for d in shape):
+    shape = tuple(_as_int(d) for d in input_shape) if _is_sequence(input_shape) else ()
+    if not shape or not all(d is not None and d > 0 for d in shape):
         raise ConfigError(f"{model}: input_shape must be a non-empty tuple of positive ints, "
                           f"got {input_shape!r}")
-    if ndim is not None and len(shape) != ndim:
-        raise ConfigError(f"{model} needs a {ndim}-D input_shape (C, H, W), got {shape} "
-                          f"({len(shape)}-D)")
+    if image and len(shape) != 3:
+        raise ConfigError(f"{model} needs a 3-D input_shape (C, H, W), e.g. (1, 28, 28), "
+                          f"got {shape}; for flat features use softmax or mlp")
     return shape
 
 
@@ -54,9 +50,10 @@ def check_classifier(model: str, num_classes: int | None, task: str | None) -> i
     if task is not None and task != "classification":
         raise ConfigError(f"{model} is a classifier and needs task='classification', "
                           f"got task={task!r}; for regression use least_squares")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+    k = _as_int(num_classes)
+    if k is None or k < 2:
         raise ConfigError(f"{model}: num_classes must be an int >= 2, got {num_classes!r}")
-    return num_classes
+    return k
 
 
 def check_regression(model: str, task: str | None) -> None:
@@ -77,9 +74,10 @@ def check_positive_int(model: str, name: str, value: object) -> int:
     Raises:
         ConfigError: otherwise.
     """
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    v = _as_int(value)
+    if v is None or v < 1:
         raise ConfigError(f"{model}: {name} must be an int >= 1, got {value!r}")
-    return value
+    return v
 
 
 def check_dropout(model: str, dropout: object) -> float:
@@ -91,3 +89,17 @@ def check_dropout(model: str, dropout: object) -> float:
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError(f"{model}: dropout must be in [0, 1), got {dropout!r}")
     return float(dropout)
+
+
+def _is_sequence(x: object) -> bool:
+    return isinstance(x, Sequence) and not isinstance(x, (str, bytes))
+
+
+def _as_int(x: object) -> int | None:
+    """``x`` as a Python int if it is an integer (numpy's included, bool excluded), else None."""
+    if isinstance(x, bool):
+        return None
+    try:
+        return operator.index(x)
+    except TypeError:
+        return None

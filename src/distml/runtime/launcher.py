@@ -90,6 +90,15 @@ def _listen_loopback() -> socket.socket:
     return sock
 
 
+def _host_store(timeout_s: float):
+    """The rendezvous store on a fresh 127.0.0.1 port; the store owns the socket from here on."""
+    sock = _listen_loopback()
+    port = sock.getsockname()[1]
+    store = Transport.host_store(sock, timeout_s)
+    sock.detach()
+    return store, port
+
+
 def _read_error(store, rank: int) -> tuple[int, str] | None:
     try:
         key = _ERROR_KEY.format(rank=rank)
@@ -122,10 +131,9 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
         LaunchFailed: a worker failed; the others were given ``timeout_s`` to exit and
             then stopped.
     """
-    sock = _listen_loopback()
-    store = Transport.host_store(sock, timeout_s)
+    store, port = _host_store(timeout_s)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(r, world, sock.getsockname()[1], job, timeout_s),
+    procs = [ctx.Process(target=_child, args=(r, world, port, job, timeout_s),
                          name=f"distml-rank{r}", daemon=False) for r in range(world)]
     exits: dict[int, WorkerExit] = {}
     try:
@@ -157,7 +165,6 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
     finally:
         _stop(procs)
         del store
-        sock.close()
     failed = sorted((e for e in exits.values() if e.code != 0), key=lambda e: (e.at, e.code != EXIT_USER))
     if failed:
         raise LaunchFailed(_first_cause(failed), failed)
@@ -181,9 +188,7 @@ def launch_script(script: str, args: list[str], world: int, timeout_s: float = 6
     Returns:
         0 when every copy succeeded, else the first failing copy's exit code.
     """
-    sock = _listen_loopback()
-    store = Transport.host_store(sock, timeout_s)
-    port = sock.getsockname()[1]
+    store, port = _host_store(timeout_s)
     procs: list[subprocess.Popen] = []
     try:
         for r in range(world):
@@ -217,7 +222,6 @@ def launch_script(script: str, args: list[str], world: int, timeout_s: float = 6
                 p.kill()
                 p.wait()
         del store
-        sock.close()
 
 
 __all__ = ["LaunchFailed", "launch_local", "launch_script", "PeerError", "UserError"]

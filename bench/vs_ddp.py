@@ -1,0 +1,308 @@
+"""distml SyncSGD against torch's DistributedDataParallel: steps/s and peak memory.
+
+Both sides train the same model (same initial weights), on the same Fashion-MNIST
+batches (batch 64 per worker), with the same optimizer and the same number of steps,
+in 2 worker processes with 1 thread each over gloo on 127.0.0.1. Runs are interleaved
+in one invocation (for each repeat and model: DDP, then distml), every run in fresh
+processes, so that drift of the shared machine hits both sides alike and each run's
+peak resident memory (``ru_maxrss``) is its own.
+
+    python bench/vs_ddp.py --repeats 5          # the documented run (docs/benchmarks.md)
+    python bench/vs_ddp.py --quick              # smoke check: same code path, fewer steps
+
+Ends by printing one JSON line (DESIGN.md §5)::
+
+    {"bench": "vs_ddp", "mlp_ratio": ..., "cnn_ratio": ..., "mlp_mem_ratio": ...,
+     "cnn_mem_ratio": ..., "repeats": R, ...}
+
+``*_ratio`` = median distml steps/s ÷ median DDP steps/s (per-worker steps/s, mean of
+the two workers); ``*_ratio_min/max`` = the spread of the per-repeat ratios;
+``*_mem_ratio`` = median distml peak RSS ÷ median DDP peak RSS (max over workers);
+``*_param_diff`` = the largest relative difference between DDP's and distml's final
+weights (both do the same arithmetic up to float rounding, so it must be tiny).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODELS_TO_RUN = ("mlp", "cnn")
+WORLD = 2
+BATCH = 64
+LR, MOMENTUM = 0.01, 0.9
+SEED = 0
+
+
+# ---------------------------------------------------------------------------------------
+# worker side
+# ---------------------------------------------------------------------------------------
+def _batches(rank: int, n: int):
+    """This rank's first ``n`` Fashion-MNIST training batches (epochs cycle), lazily."""
+    from distml.partition import SOURCES, make_loader
+    source = SOURCES.build("fashion_mnist")
+    loader = make_loader(source, None, rank, WORLD, BATCH, SEED)
+    produced, epoch = 0, 0
+    while True:
+        for b in loader.batches(epoch):
+            if produced == n:
+                return
+            produced += 1
+            yield b
+        epoch += 1
+
+
+def _build(model_name: str):
+    import torch
+    from distml.models import MODELS
+    torch.manual_seed(SEED)
+    model = MODELS.build(model_name, input_shape=(1, 28, 28), num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    return model, opt
+
+
+def worker(args) -> None:
+    """One worker of one run; prints one JSON line with its measurements."""
+    import gc
+    import resource
+
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    torch.set_num_threads(1)
+    rank = args.rank
+    model, opt = _build(args.model)
+    n_total = args.warmup + args.steps
+    data = _batches(rank, n_total)
+
+    timeout_s = 120.0
+    if args.mode == "ddp":
+        import datetime
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        store = dist.TCPStore("127.0.0.1", args.port, is_master=False,
+                              timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+        net = DDP(model)              # default settings: 25 MiB buckets, copies, no views
+        algo = transport = None
+    else:
+        from distml.algorithms.sync_sgd import SyncSGD
+        from distml.comm.transport import Transport
+        store = Transport.store_client("127.0.0.1", args.port, timeout_s)
+        transport = Transport.connect(store, rank, WORLD, backend="gloo", timeout_s=timeout_s)
+        algo = SyncSGD()              # default settings
+        algo.setup(model, opt, transport)
+        net = model
+
+    def step(i: int, x, y) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        if algo is not None:
+            algo.after_backward(i)
+        opt.step()
+        if algo is not None:
+            algo.after_step(i)
+
+    it = iter(data)
+    for i in range(args.warmup):
+        x, y = next(it)
+        step(i, x, y)
+    dist.barrier()
+    t0 = time.perf_counter()
+    for i in range(args.warmup, n_total):
+        x, y = next(it)
+        step(i, x, y)
+    seconds = time.perf_counter() - t0
+
+    with torch.no_grad():
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    result = {"rank": rank, "mode": args.mode, "model": args.model, "steps": args.steps,
+              "seconds": seconds, "steps_per_s": args.steps / seconds,
+              "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    if rank == 0:
+        Path(args.params_out).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(flat, args.params_out)
+
+    # teardown in the order that is clean on gloo (DESIGN.md §6)
+    if algo is not None:
+        algo.close()
+    del net, model, opt, algo
+    gc.collect()
+    if transport is not None:
+        transport.close()
+    else:
+        dist.barrier()
+        dist.destroy_process_group()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# driver side
+# ---------------------------------------------------------------------------------------
+class Run:
+    """Two worker processes of one (mode, model) run, around a store on 127.0.0.1."""
+
+    def __init__(self, mode: str, model: str, warmup: int, steps: int, params_out: str,
+                 timeout_s: float):
+        self.mode, self.model = mode, model
+        self.warmup, self.steps, self.params_out = warmup, steps, params_out
+        self.timeout_s = timeout_s
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self):
+        from distml.comm.transport import Transport
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        port = self.sock.getsockname()[1]
+        self.store = Transport.host_store(self.sock, timeout_s=120.0)
+        self.sock.detach()            # the store owns the listening fd now
+        env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
+                   MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        for rank in range(WORLD):
+            cmd = [sys.executable, os.path.abspath(__file__), "--_worker",
+                   "--rank", str(rank), "--port", str(port), "--mode", self.mode,
+                   "--model", self.model, "--warmup", str(self.warmup),
+                   "--steps", str(self.steps), "--params-out", self.params_out]
+            # own process group: the driver alone handles Ctrl-C and ends them
+            self.procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE, text=True,
+                                               start_new_session=True))
+        return self
+
+    def results(self) -> list[dict]:
+        deadline = time.monotonic() + self.timeout_s
+        outs = []
+        for p in self.procs:
+            try:
+                out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"{self.mode}/{self.model}: a worker did not finish within "
+                                   f"{self.timeout_s:g} s") from None
+            if p.returncode != 0:
+                raise RuntimeError(f"{self.mode}/{self.model}: worker exited with "
+                                   f"{p.returncode}:\n{err[-3000:]}")
+            lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+            if not lines:
+                raise RuntimeError(f"{self.mode}/{self.model}: worker printed no result:\n"
+                                   f"{err[-3000:]}")
+            outs.append(json.loads(lines[-1][len("RESULT "):]))
+        return outs
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+        del self.store
+        return False
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke check: 60 steps, 1 repeat")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 5)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per run (default 400)")
+    ap.add_argument("--warmup", type=int, default=20, help="untimed steps first (default 20)")
+    ap.add_argument("--models", default=",".join(MODELS_TO_RUN), help="comma-separated")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    # worker-only arguments
+    ap.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--rank", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=("ddp", "distml"), help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--params-out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._worker:
+        worker(args)
+        return 0
+
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
+    steps = args.steps if args.steps is not None else (60 if args.quick else 400)
+    warmup = min(args.warmup, 5) if args.quick else args.warmup
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if repeats < 1 or steps < 1 or warmup < 0:
+        ap.error("--repeats and --steps must be >= 1, --warmup >= 0")
+
+    import torch
+    rows: dict[tuple[str, str], list[dict]] = {}
+    diffs: dict[str, list[float]] = {}
+    tmp = tempfile.mkdtemp(prefix="vs_ddp_")
+    try:
+        for r in range(repeats):
+            for model in models:
+                finals = {}
+                for mode in ("ddp", "distml"):
+                    out = os.path.join(tmp, f"{mode}_{model}.pt")
+                    with Run(mode, model, warmup, steps, out, args.timeout) as run:
+                        res = run.results()
+                    sps = statistics.mean(x["steps_per_s"] for x in res)
+                    rss = max(x["maxrss_kb"] for x in res) / 1024
+                    rows.setdefault((model, mode), []).append({"steps_per_s": sps, "rss_mb": rss})
+                    finals[mode] = torch.load(out, weights_only=True)
+                    print(f"repeat {r + 1}/{repeats} {model:4s} {mode:6s} "
+                          f"{sps:8.1f} steps/s  peak RSS {rss:7.1f} MB", file=sys.stderr, flush=True)
+                a, b = finals["ddp"], finals["distml"]
+                diffs.setdefault(model, []).append(
+                    ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item())
+    except KeyboardInterrupt:
+        print("interrupted: workers stopped", file=sys.stderr)
+        return 130
+    finally:
+        for f in Path(tmp).glob("*"):
+            f.unlink()
+        os.rmdir(tmp)
+
+    summary: dict = {"bench": "vs_ddp"}
+    for model in models:
+        ddp, ours = rows[(model, "ddp")], rows[(model, "distml")]
+        per_rep = [o["steps_per_s"] / d["steps_per_s"] for d, o in zip(ddp, ours)]
+        d_sps, o_sps = _median([d["steps_per_s"] for d in ddp]), _median([o["steps_per_s"] for o in ours])
+        d_rss, o_rss = _median([d["rss_mb"] for d in ddp]), _median([o["rss_mb"] for o in ours])
+        summary.update({
+            f"{model}_ratio": round(o_sps / d_sps, 3),
+            f"{model}_mem_ratio": round(o_rss / d_rss, 3),
+            f"{model}_ratio_min": round(min(per_rep), 3),
+            f"{model}_ratio_max": round(max(per_rep), 3),
+            f"{model}_ddp_steps_per_s": round(d_sps, 1),
+            f"{model}_distml_steps_per_s": round(o_sps, 1),
+            f"{model}_ddp_rss_mb": round(d_rss, 1),
+            f"{model}_distml_rss_mb": round(o_rss, 1),
+            f"{model}_param_diff": float(f"{max(diffs[model]):.2e}"),
+        })
+    summary.update({"repeats": repeats, "steps": steps, "warmup": warmup, "batch": BATCH,
+                    "workers": WORLD, "threads_per_worker": 1, "backend": "gloo",
+                    "quick": bool(args.quick)})
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
