@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +110,19 @@ def run(config=None, *, overrides: list[str] | None = None, workers: int | None 
 
 
 def _user_registrations() -> list[tuple[str, str, Any, dict]]:
-    """Entries added with :func:`register`, to re-register inside spawned workers."""
+    """Entries added with :func:`register` that can travel to spawned workers.
+
+    Workers re-import the user's script, which registers top-level entries again; those
+    that cannot be pickled (lambdas) rely on that.
+    """
     out = []
     for kind, reg in registries().items():
         for name in reg.names():
             meta = reg.meta(name)
             if meta.get("user"):
+                try:
+                    pickle.dumps(reg.get(name))
+                except Exception:
+                    continue
                 out.append((kind, name, reg.get(name), meta))
     return out

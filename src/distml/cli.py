@@ -136,8 +136,8 @@ def _format_summary(s: dict[str, Any]) -> str:
 
     from rich.console import Console
     from rich.table import Table
-    t = Table(title=f"distml run '{s.get('name')}' — {s['algorithm']}, {s['workers']} workers",
-              show_header=True)
+    t = Table(title=f"run '{s.get('name')}': {s['algorithm']}, {s['workers']} workers",
+              show_header=True, min_width=56)
     t.add_column("metric")
     t.add_column("value", justify="right")
     rows = [("test accuracy", s["test_accuracy"]), ("test loss", s["test_loss"]),

@@ -175,6 +175,13 @@ class Transport:
                             f"{timeout_s:g} s ({_first_line(e)})") from e
         return cls(rank, world_size, timeout_s=timeout_s, latency_ms=latency_ms)
 
+    @classmethod
+    def joined(cls, timeout_s: float = 60.0) -> Transport | None:
+        """A transport over the world this process already joined (None if it joined none)."""
+        if not dist.is_initialized():
+            return None
+        return cls(dist.get_rank(), dist.get_world_size(), timeout_s=timeout_s)
+
     @staticmethod
     def host_store(listen_socket, timeout_s: float):
         """Host the rendezvous store on an already-bound listening socket.

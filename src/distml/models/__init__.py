@@ -66,7 +66,7 @@ def build_model(spec: str | Mapping[str, Any], info: _Info) -> nn.Module:
     return model
 
 
-def default_loss(model_name: str, task: str) -> str:
+def default_loss(model_name: str | None, task: str) -> str:
     """The loss a model trains with when the config says ``loss = "auto"``.
 
     Taken from the registration's ``default_loss`` meta, else the factory's
@@ -76,19 +76,21 @@ def default_loss(model_name: str, task: str) -> str:
     Raises:
         ConfigError: unknown model.
     """
-    factory = MODELS.get(model_name)
-    name = MODELS.meta(model_name).get("default_loss") or getattr(factory, "default_loss", None)
+    name = None
+    if model_name is not None:     # None: a user's own module, not in the registry
+        factory = MODELS.get(model_name)
+        name = MODELS.meta(model_name).get("default_loss") or getattr(factory, "default_loss", None)
     if name is None:
         name = "cross_entropy" if task == "classification" else "mse"
     return name
 
 
-def build_loss(spec: str | Mapping[str, Any] | None, model_name: str, info: _Info) -> LossFn:
+def build_loss(spec: str | Mapping[str, Any] | None, model_name: str | None, info: _Info) -> LossFn:
     """Build the training loss: ``"auto"``/None means the model's default loss.
 
     Args:
         spec: ``"auto"``, None, ``"name"`` or ``{"name": ..., **params}``.
-        model_name: the model's registry name (for ``"auto"``).
+        model_name: the model's registry name (for ``"auto"``); None for a user module.
         info: a DataInfo-like object; its ``task`` must be one the loss fits.
 
     Returns:

@@ -117,7 +117,7 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
     if user is not None and user.loss is not None:
         loss_fn = user.loss
     else:
-        model_name = config.model.name if (user is None or user.model is None) else "user"
+        model_name = config.model.name if (user is None or user.model is None) else None
         loss_fn = build_loss(config.model.loss, model_name, info)
 
     optim_spec = dict(config.optim.spec())

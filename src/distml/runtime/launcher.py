@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -112,6 +113,7 @@ def _read_error(store, rank: int) -> tuple[int, str] | None:
 
 def _stop(procs, grace_s: float = 5.0) -> None:
     """SIGTERM the live processes we started, then SIGKILL whatever is left after ``grace_s``."""
+    procs = [p for p in procs if p.pid is not None]     # a failed start leaves some unstarted
     for p in procs:
         if p.is_alive():
             p.terminate()
@@ -138,7 +140,12 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
     exits: dict[int, WorkerExit] = {}
     try:
         for p in procs:
-            p.start()
+            try:
+                p.start()
+            except (pickle.PicklingError, AttributeError, TypeError) as e:
+                raise UserError(f"the model, data or registered parts given to distml cannot be "
+                                f"sent to worker processes ({e}); define them at the top level "
+                                "of a module, not inside a function or as a lambda") from None
         deadline = None
         while len(exits) < world:
             multiprocessing.connection.wait([p.sentinel for r, p in enumerate(procs) if r not in exits], timeout=0.5)

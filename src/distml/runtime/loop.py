@@ -155,7 +155,7 @@ class TrainLoop:
             opt.step()
         p.schedule.step()
         algo.after_step(step)
-        return float(loss)
+        return float(loss.detach())
 
     def _batches(self):
         """Yield ``(step, x, y)`` from ``start_step`` on, resuming mid-epoch exactly."""
@@ -259,6 +259,11 @@ def _fmt(x) -> str:
 def _progress(enabled: bool, total: int, initial: int):
     if not enabled:
         return None
+    import threading
+
     from tqdm import tqdm
+    # tqdm's default lock is a multiprocessing semaphore, which a worker that exits with
+    # os._exit would leak; one bar per process needs only a thread lock
+    tqdm.set_lock(threading.RLock())
     return tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr,
                 dynamic_ncols=True, mininterval=0.5, disable=None)

@@ -88,10 +88,10 @@ def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, algorithm="sync_sgd
 
     Args:
         algorithm: a registered name, a ``{name=..., ...}`` spec, or an Algorithm.
-        transport: defaults to :func:`init` from the launch environment.
+        transport: defaults to the world this process joined, else :func:`init`.
     """
     algo = ALGORITHMS.build(algorithm) if isinstance(algorithm, (str, dict)) else algorithm
     if getattr(algo, "owns_loop", False):
         raise UserError(f"algorithm {type(algo).__name__} runs its own loop and cannot wrap a "
                         "user optimizer; use distml.run instead")
-    return DistributedOptimizer(model, optimizer, algo, transport or init())
+    return DistributedOptimizer(model, optimizer, algo, transport or Transport.joined() or init())
