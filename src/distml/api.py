@@ -97,12 +97,12 @@ def run(config=None, *, overrides: list[str] | None = None, workers: int | None 
         overrides = [*(overrides or []), f"workers={int(workers)}"]
     cfg = _as_config(config, overrides)
     user = _user_parts(model, train_data, test_data, loss, task)
-    make_plan(cfg, user)             # every name, parameter and data file checked here
+    resolved = make_plan(cfg, user)  # every name, parameter and data file checked here
     run_dir = prepare_run_dir(cfg.name, out, resume, root=runs_root)
     write_config(run_dir, cfg.to_dict())
     job = WorkerJob(config=cfg.to_dict(), out_dir=str(run_dir), resume=resume,
                     stop_after=stop_after, user=user, registrations=_user_registrations())
-    launch_local(job, cfg.workers, cfg.comm.timeout_s)
+    launch_local(job, resolved["processes"], cfg.comm.timeout_s)
     summary = read_summary(run_dir)
     if summary is not None:
         summary["run_dir"] = str(run_dir)

@@ -98,6 +98,7 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(0, ge=0)    # steps; 0 = only the final model
     threads_per_worker: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"   # float64: exact comparisons, convex solvers
     progress: bool = True
 
 

@@ -25,6 +25,16 @@ class Algorithm:
     #: rank 0 evaluates while the others wait at a barrier (collective algorithms).
     synchronous_eval = True
 
+    def launch_size(self, workers: int) -> int:
+        """How many processes the launcher starts for ``workers`` workers (servers are extra)."""
+        return workers
+
+    def run(self, loop) -> Any:
+        """``owns_loop`` algorithms: train with ``loop`` (a :class:`~distml.runtime.loop.TrainLoop`
+        giving the parts, transport, evaluation, checkpoints and metrics) and return its
+        ``LoopResult``."""
+        raise NotImplementedError(f"{type(self).__name__} sets owns_loop but has no run()")
+
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, transport) -> None:
         self.model = model
         self.optimizer = optimizer

@@ -113,7 +113,7 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
     prepare = getattr(algorithm, "prepare_model", None)
     if prepare is not None:
         model = prepare(model)
-    model = model.to(device)
+    model = model.to(device=device, dtype=getattr(torch, config.train.dtype))
     if user is not None and user.loss is not None:
         loss_fn = user.loss
     else:
@@ -164,6 +164,7 @@ def make_plan(config: RunConfig, user: UserParts | None = None) -> dict[str, Any
     return {
         "name": config.name,
         "workers": world,
+        "processes": parts.algorithm.launch_size(world),
         "backend": config.comm.backend,
         "data": {"source": config.data.source, "partition": config.data.partition,
                  "online": bool(source.online), "task": info.task,

@@ -9,7 +9,8 @@ from torch import nn
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data, loss_fn, batch_size: int = 1000,
-             device: torch.device | str = "cpu", classification: bool = True) -> dict[str, float]:
+             device: torch.device | str = "cpu", classification: bool = True,
+             dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """Evaluate ``model`` on every sample of ``data`` (an ``ArrayData``).
 
     Returns:
@@ -22,7 +23,8 @@ def evaluate(model: nn.Module, data, loss_fn, batch_size: int = 1000,
         for start in range(0, n, batch_size):
             idx = np.arange(start, min(start + batch_size, n))
             x, y = data.take(idx)
-            x, y = x.to(device), y.to(device)
+            x = x.to(device, dtype=dtype)
+            y = y.to(device, dtype=dtype) if y.is_floating_point() else y.to(device)
             out = model(x)
             total_loss += float(loss_fn(out, y)) * len(idx)
             if classification:

@@ -26,7 +26,8 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
             raise UserError(f"{p} not found: is {run_dir} a finished distml run?")
     config = parse_config(json.loads(cfg_path.read_text()), where=str(cfg_path))
     source = build_source(config)
-    model = build_model_for(config, source.info)
+    dtype = getattr(torch, config.train.dtype)
+    model = build_model_for(config, source.info).to(dtype=dtype)
     try:
         state = torch.load(model_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
@@ -35,5 +36,5 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
     from distml.models import build_loss
     loss_fn = build_loss(config.model.loss, config.model.name, source.info)
     result = evaluate(model, source.test(), loss_fn, config.data.test_batch_size,
-                      classification=source.info.task == "classification")
+                      classification=source.info.task == "classification", dtype=dtype)
     return {"run_dir": str(run_dir), **result}

@@ -63,6 +63,7 @@ class TrainLoop:
         self.rank = transport.rank
         self.out_dir = Path(out_dir)
         self.device = device
+        self.dtype = getattr(torch, config.train.dtype)
         self.checkpoints = Checkpoints(self.out_dir / "checkpoints", transport.rank)
         self.clock = StepClock(transport.stats)
         self.classification = parts.source.info.task == "classification"
@@ -113,7 +114,8 @@ class TrainLoop:
         result: dict[str, Any] = {}
         if self.rank == 0:
             result = evaluate(self.parts.algorithm.eval_model(), self.test_data, self.parts.loss_fn,
-                              self.config.data.test_batch_size, self.device, self.classification)
+                              self.config.data.test_batch_size, self.device, self.classification,
+                              dtype=self.dtype)
             result.update(step=step, epoch=step / self.parts.steps_per_epoch, wall_seconds=wall,
                           bytes_sent_rank0=self.transport.stats.bytes_sent)
             target = self.config.train.target_accuracy
@@ -157,6 +159,12 @@ class TrainLoop:
         algo.after_step(step)
         return float(loss.detach())
 
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """Move a batch tensor to the device; floating tensors also take the run's dtype."""
+        if t.is_floating_point():
+            return t.to(self.device, dtype=self.dtype, non_blocking=True)
+        return t.to(self.device, non_blocking=True)
+
     def _batches(self):
         """Yield ``(step, x, y)`` from ``start_step`` on, resuming mid-epoch exactly."""
         p = self.parts
@@ -196,7 +204,7 @@ class TrainLoop:
 
         try:
             for step, x, y in self._batches():  # noqa: B007
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                x, y = self._to_device(x), self._to_device(y)
                 self.clock.start()
                 loss = self._one_step(x, y, step)
                 self.clock.stop()

@@ -102,7 +102,10 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
         parts.algorithm.setup(parts.model, parts.optimizer, transport)
         torch.manual_seed(config.seed * 100003 + rank)    # dropout etc. differ across ranks
         loop = TrainLoop(config, parts, transport, out_dir, device)
-        result = loop.run(resume=job.resume, stop_after=job.stop_after)
+        if parts.algorithm.owns_loop:
+            result = parts.algorithm.run(loop)
+        else:
+            result = loop.run(resume=job.resume, stop_after=job.stop_after)
         totals = {"rank": rank, "steps": result.steps, "steps_this_run": result.steps_this_run,
                   "train_loss": result.train_loss,
                   "compute_seconds": result.clock.compute, "comm_seconds": result.clock.comm,
