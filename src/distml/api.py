@@ -126,3 +126,92 @@ def _user_registrations() -> list[tuple[str, str, Any, dict]]:
                     continue
                 out.append((kind, name, reg.get(name), meta))
     return out
+
+
+def split_values(text: str) -> list[str]:
+    """Split ``v1,v2,[1,2]`` on the commas that are not inside brackets, braces or quotes."""
+    out, depth, quote, cur = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+            continue
+        cur += ch
+    if cur.strip():
+        out.append(cur.strip())
+    return out
+
+
+def variants(vary: list[str]) -> list[list[str]]:
+    """The cartesian product of ``--vary key=v1,v2`` options, as lists of ``key=value`` overrides.
+
+    Raises:
+        ConfigError: an option without ``=`` or without values.
+    """
+    axes = []
+    for item in vary:
+        key, sep, values = item.partition("=")
+        vals = split_values(values)
+        if not sep or not key.strip() or not vals:
+            raise ConfigError(f"--vary expects key=v1,v2,... (e.g. optim.lr=0.01,0.1), got {item!r}")
+        axes.append([f"{key.strip()}={v}" for v in vals])
+    combos: list[list[str]] = [[]]
+    for axis in axes:
+        combos = [c + [o] for c in combos for o in axis]
+    return combos
+
+
+def _label(overrides: list[str]) -> str:
+    parts = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        parts.append(f"{key.split('.')[-1]}={value}")
+    text = ",".join(parts) or "base"
+    return "".join(c if c.isalnum() or c in "=,.-_" else "_" for c in text)[:120]
+
+
+def compare(configs: list[str | os.PathLike], vary: list[str] | None = None, repeat: int = 1,
+            out: str | os.PathLike | None = None, overrides: list[str] | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """Run every config × variant × repeat sequentially, then report on all of them.
+
+    Returns:
+        ``make_report``'s result plus ``"runs"``: the run folders.
+    """
+    from distml.runtime.report import make_report
+    if repeat < 1:
+        raise ConfigError(f"--repeat must be >= 1, got {repeat}")
+    if not configs:
+        raise ConfigError("give at least one config file")
+    combos = variants(vary or [])
+    first = _as_config(configs[0], overrides)
+    root = Path(out) if out is not None else Path("runs") / f"compare-{first.name}"
+    jobs = []
+    for path in configs:
+        stem = Path(path).stem
+        for combo in combos:
+            for r in range(repeat):
+                label = (f"{stem}-" if len(configs) > 1 else "") + _label(combo) + (f"-r{r}" if repeat > 1 else "")
+                jobs.append((path, combo, r, label))
+    for path, combo, r, _ in jobs:      # validate every variant before the first run starts
+        _as_config(path, [*(overrides or []), *combo])
+    from tqdm import tqdm
+    run_dirs = []
+    bar = tqdm(jobs, desc="compare", unit="run", disable=not progress or None)
+    for path, combo, r, label in bar:
+        bar.set_postfix_str(label[:40])
+        seed_shift = [f"seed={_as_config(path, overrides).seed + r}"] if repeat > 1 else []
+        summary = run(path, overrides=[*(overrides or []), *combo, *seed_shift, "train.progress=false"],
+                      out=root / label)
+        run_dirs.append(Path(summary["run_dir"]))
+    result = make_report(run_dirs, root)
+    result["runs"] = [str(d) for d in run_dirs]
+    return result

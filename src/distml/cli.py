@@ -1,4 +1,4 @@
-"""Command line: ``distml run | launch | evaluate | list``.
+"""Command line: ``distml run | launch | evaluate | compare | report | list``.
 
 Exit codes: 0 success, 2 a user error (config, data, arguments; one line), 1 an internal
 failure or a dead peer (one line naming the rank), 130 interrupted.
@@ -44,6 +44,18 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="reload a run's model.pt and evaluate it on the test set")
     e.add_argument("run_dir")
 
+    c = sub.add_parser("compare", help="run config variants one after another and compare them")
+    c.add_argument("configs", nargs="+", help="one or more TOML files")
+    c.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a config key and the values to try (repeatable: the cartesian product)")
+    c.add_argument("--repeat", type=int, default=1, help="runs per variant (seed, seed+1, ...)")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--out", help="folder for the runs and the report (default runs/compare-<name>)")
+
+    rp = sub.add_parser("report", help="plots and a comparison table for finished runs")
+    rp.add_argument("run_dirs", nargs="+")
+    rp.add_argument("--out", help="report folder (default: report/ in the first run's parent)")
+
     li = sub.add_parser("list", help="list registered models, optimizers, sources, algorithms, ...")
     li.add_argument("kind", nargs="?")
     return p
@@ -68,9 +80,12 @@ def cmd_run(args) -> int:
     if config_path is None:
         if not (args.resume and args.out):
             raise UserError("give a config file (e.g. examples/quickstart.toml), or --resume --out RUN_DIR")
-        config_path = None
-        base = json.loads((Path(args.out) / "config.json").read_text())
-        cfg = load_config(base=base, overrides=overrides)
+        saved = Path(args.out) / "config.json"
+        try:
+            base = json.loads(saved.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read {saved} ({e}); give the run's config file") from None
+        cfg = load_config(base=base, overrides=overrides, where=str(saved))
     else:
         cfg = load_config(config_path, overrides)
 
@@ -169,6 +184,30 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from distml import api
+    from distml.runtime.launcher import LaunchFailed
+    try:
+        result = api.compare(args.configs, args.vary, args.repeat, args.out, args.overrides)
+    except LaunchFailed as e:
+        print(f"distml: error: rank {e.first.rank}: {e.first.line}", file=sys.stderr)
+        return EXIT_USER if e.user_error else 1
+    from distml.runtime.report import terminal_table
+    print(terminal_table(result["rows"]))
+    print(f"report: {result['markdown']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from distml.runtime.report import make_report, terminal_table
+    dirs = [Path(d) for d in args.run_dirs]
+    out = Path(args.out) if args.out else dirs[0].parent / "report"
+    result = make_report(dirs, out)
+    print(terminal_table(result["rows"]))
+    print(f"report: {result['markdown']} ({len(result['plots'])} plots)")
+    return 0
+
+
 def cmd_list(args) -> int:
     from distml.runtime.build import registries
     regs = registries()
@@ -195,7 +234,8 @@ def cmd_list(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": cmd_run, "launch": cmd_launch, "evaluate": cmd_evaluate, "list": cmd_list}
+    handlers = {"run": cmd_run, "launch": cmd_launch, "evaluate": cmd_evaluate, "list": cmd_list,
+                "compare": cmd_compare, "report": cmd_report}
     try:
         return handlers[args.command](args)
     except UserError as e:

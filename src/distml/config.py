@@ -102,6 +102,33 @@ class TrainConfig(_Section):
     progress: bool = True
 
 
+class StragglerConfig(_Section):
+    ranks: list[int] = Field(min_length=1)     # worker ranks that are always slow
+    slowdown: float = Field(3.0, ge=1)         # their steps take this many times longer
+
+
+class DelayConfig(_Section):
+    name: Literal["exponential", "bernoulli"]
+    mean: float = Field(1.0, gt=0)             # exponential: mean extra time, in step times
+    p: float = Field(1 / 3, gt=0, le=1)        # bernoulli: chance that a step is slow
+    slowdown: float = Field(3.0, ge=1)         # bernoulli: a slow step takes this many times longer
+    ranks: list[int] | None = None             # which workers (default: all)
+
+
+class CrashConfig(_Section):
+    rank: int = Field(ge=0)                    # this process exits abruptly (tests of failure handling)
+    after_s: float = Field(gt=0)               # seconds after joining the world
+
+
+class FaultsConfig(_Section):
+    """Injected faults (runtime/faults.py): stragglers, random delays, crashes."""
+
+    straggler: StragglerConfig | None = None
+    delay: DelayConfig | None = None
+    compute_s: float | None = Field(None, gt=0)   # pad each step's compute to this (a sleep)
+    crash: CrashConfig | None = None
+
+
 class RunConfig(_Section):
     name: str = "run"
     seed: int = 0
@@ -112,6 +139,7 @@ class RunConfig(_Section):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     comm: CommConfig = Field(default_factory=CommConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
 
     @model_validator(mode="after")
     def _name_is_a_folder_name(self) -> RunConfig:
@@ -142,6 +170,9 @@ def _section_for(loc: tuple) -> type[BaseModel] | None:
     for part in loc:
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None)
+        # an optional sub-section (`X | None`) names its section type among its arguments
+        ann = next((a for a in getattr(ann, "__args__", ()) if isinstance(a, type)
+                    and issubclass(a, BaseModel)), ann)
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return None
         model = ann
@@ -211,8 +242,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> RunConfig:
+                base: dict[str, Any] | None = None, where: str = "config") -> RunConfig:
     """Load a run config from a TOML file (or a dict) and apply ``--set`` overrides."""
     data = load_toml(path) if path is not None else copy.deepcopy(base or {})
     data = apply_overrides(data, overrides or [])
-    return parse_config(data, where=str(path) if path is not None else "config")
+    return parse_config(data, where=str(path) if path is not None else where)

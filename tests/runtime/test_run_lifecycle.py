@@ -68,7 +68,7 @@ def test_results_folder_and_evaluate(tmp_path):
     assert [e["step"] for e in events] == [10, 20, 30, 40]
     assert all(e["bytes_sent"] > 0 and e["compute_seconds"] > 0 for e in events)
     evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in evals] == [10, 20, 30, 40]
+    assert [e["step"] for e in evals] == [0, 10, 20, 30, 40]
     ev = distml("evaluate", str(out), timeout=60)
     assert ev.returncode == 0, ev.stderr
     assert abs(json.loads(ev.stdout)["test_accuracy"] - summary["test_accuracy"]) < 1e-9

@@ -63,6 +63,15 @@ class CommStats:
         s.bytes_received += received
         s.seconds += seconds
 
+    def as_wait(self, op: str, seconds: float) -> None:
+        """Count ``seconds`` of ``op``'s time as waiting: a peer held the answer on purpose
+        (a parameter server's pace rule), which is wait, not communication (DESIGN.md §5)."""
+        s = self.ops.get(op)
+        moved = min(max(seconds, 0.0), s.seconds) if s is not None else 0.0
+        if moved > 0:
+            s.seconds -= moved
+            self.wait_seconds += moved
+
     @property
     def bytes_sent(self) -> int:
         return sum(s.bytes_sent for s in self.ops.values())
@@ -244,6 +253,10 @@ class Transport:
     def global_rank(self) -> int:
         return self._global_ranks[self.rank]
 
+    def global_of(self, rank: int) -> int:
+        """The world rank of this group's rank ``rank`` (for messages that name a peer)."""
+        return self._global_ranks[rank]
+
     def _delay(self) -> None:
         if self.latency_s > 0:
             time.sleep(self.latency_s)
@@ -323,14 +336,20 @@ class Transport:
                     n, nbytes(out))
         return out
 
-    def barrier(self) -> None:
-        """Wait until every rank arrives; counted as wait time, not communication."""
+    def barrier(self, timeout_s: float | None = None) -> None:
+        """Wait until every rank arrives; counted as wait time, not communication.
+
+        Args:
+            timeout_s: a longer limit than the transport's, for waits on known slow work
+                (rank 0 evaluating); None uses the transport's timeout.
+        """
         if self.world_size == 1:
             return
         self._delay()
         t0 = time.perf_counter()
+        limit = self.timeout if timeout_s is None else datetime.timedelta(seconds=timeout_s)
         self._guard("barrier", lambda: dist.monitored_barrier(
-            group=self.group, timeout=self.timeout, wait_all_ranks=True)
+            group=self.group, timeout=limit, wait_all_ranks=True)
             if dist.get_backend(self.group) == "gloo" else dist.barrier(group=self.group))
         self.stats.wait_seconds += time.perf_counter() - t0
 

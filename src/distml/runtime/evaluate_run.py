@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from distml.algorithms import ALGORITHMS
 from distml.config import parse_config
 from distml.errors import UserError
 from distml.runtime.build import build_model_for, build_source
@@ -27,7 +28,10 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
     config = parse_config(json.loads(cfg_path.read_text()), where=str(cfg_path))
     source = build_source(config)
     dtype = getattr(torch, config.train.dtype)
-    model = build_model_for(config, source.info).to(dtype=dtype)
+    model = build_model_for(config, source.info)
+    # e.g. an ensemble saves K members: rebuild the container the state dict came from
+    model = ALGORITHMS.build(config.algorithm.spec()).saved_model(model, config.workers)
+    model = model.to(dtype=dtype)
     try:
         state = torch.load(model_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

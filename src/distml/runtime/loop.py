@@ -23,6 +23,7 @@ from distml.errors import UserError
 from distml.runtime.build import Parts
 from distml.runtime.checkpoint import Checkpoints
 from distml.runtime.evaluate import evaluate
+from distml.runtime.faults import make_faults
 from distml.runtime.metrics import JsonlLog, StepClock, clean_float
 
 log = logging.getLogger("distml")
@@ -72,6 +73,12 @@ class TrainLoop:
         self.wall_before = 0.0           # wall seconds of earlier (resumed) runs
         self.time_to_target: float | None = None
         self.last_eval: dict[str, Any] = {}
+        # what the worker entry asked for, so an ``owns_loop`` algorithm can call run() with it
+        self.resume_requested: bool = False
+        self.stop_after: int | None = None
+        # injected stragglers / delays (runtime/faults.py); None without a [faults] section
+        self.faults = make_faults(config.faults, self.rank, config.seed, transport.stats)
+        self.algorithm_metrics: dict[str, Any] = {}   # the last Algorithm.at_eval() figures
 
     # ---- checkpoints ------------------------------------------------------------------
     def _state(self, next_step: int, wall: float, loss_window: list[float]) -> dict[str, Any]:
@@ -112,12 +119,15 @@ class TrainLoop:
     def evaluate(self, step: int, wall: float, events: JsonlLog | None) -> dict[str, Any]:
         """Rank 0 evaluates the algorithm's model; the others wait (time not counted)."""
         result: dict[str, Any] = {}
+        # every rank, same point: the algorithm may communicate (gather an ensemble, ...)
+        extra = self.parts.algorithm.at_eval(step)
         if self.rank == 0:
+            self.algorithm_metrics = extra
             result = evaluate(self.parts.algorithm.eval_model(), self.test_data, self.parts.loss_fn,
                               self.config.data.test_batch_size, self.device, self.classification,
                               dtype=self.dtype)
             result.update(step=step, epoch=step / self.parts.steps_per_epoch, wall_seconds=wall,
-                          bytes_sent_rank0=self.transport.stats.bytes_sent)
+                          bytes_sent_rank0=self.transport.stats.bytes_sent, **extra)
             target = self.config.train.target_accuracy
             acc = result.get("test_accuracy")
             if (self.time_to_target is None and target is not None and acc is not None
@@ -129,7 +139,7 @@ class TrainLoop:
         if self.parts.algorithm.synchronous_eval:
             # the barrier's time is evaluation time, excluded from every clock
             saved = self.transport.stats.wait_seconds
-            self.transport.barrier()
+            self.transport.barrier(timeout_s=max(self.transport.timeout.total_seconds(), 1800.0))
             self.transport.stats.wait_seconds = saved
         self.last_eval = result
         return result
@@ -202,11 +212,19 @@ class TrainLoop:
         def wall() -> float:
             return self.wall_before + (time.perf_counter() - t_start - eval_time)
 
+        if self.start_step == 0 and p.total_steps > 0:
+            self.evaluate(0, 0.0, evals)          # the starting point of every curve
+            eval_time = time.perf_counter() - t_start
+
         try:
             for step, x, y in self._batches():  # noqa: B007
                 x, y = self._to_device(x), self._to_device(y)
                 self.clock.start()
+                if self.faults is not None:
+                    self.faults.begin()
                 loss = self._one_step(x, y, step)
+                if self.faults is not None:
+                    self.faults.end(step)        # an injected slow step counts as compute
                 self.clock.stop()
                 if not math.isfinite(loss):
                     raise DivergenceError(
@@ -239,6 +257,9 @@ class TrainLoop:
                     self.save_checkpoint(done, wall(), loss_window)
                     return LoopResult(done, done - self.start_step, wall(), self.time_to_target,
                                       {}, last_loss, self.clock, completed=False)
+            end = getattr(p.algorithm, "on_train_end", None)
+            if end is not None:
+                end(done)       # e.g. a parameter-server worker's last push and final pull
             total_wall = wall()
             t0 = time.perf_counter()
             final = self.evaluate(done, total_wall, evals)
@@ -253,8 +274,83 @@ class TrainLoop:
             if evals is not None:
                 evals.close()
 
+    def run_steps(self, step_fn, total_steps: int, steps_per_epoch: int = 1,
+                  before_eval=None) -> LoopResult:
+        """Drive an ``owns_loop`` algorithm's own step with this loop's clocks and logs.
+
+        ``step_fn(step)`` does one step (a round, a pipeline schedule, ...) and returns its
+        loss, or a dict with ``loss`` and more fields for the events log, or None to stop
+        early (every rank must agree, e.g. on an all-reduced test); this
+        method times it (compute / comm / wait), writes ``events-rank{r}.jsonl`` every
+        ``log_every`` steps, evaluates ``algorithm.eval_model()`` every ``eval_every`` steps
+        (time excluded from the wall clock), honours ``stop_at_target`` and shows the
+        progress bar. ``before_eval()`` runs on every rank before each evaluation (e.g. to
+        gather a model split over ranks); its time counts as evaluation time. No mid-run
+        checkpoints: owned loops run from step 0.
+        """
+        cfg = self.config.train
+        events = JsonlLog(self.out_dir / f"events-rank{self.rank}.jsonl")
+        evals = JsonlLog(self.out_dir / "eval.jsonl") if self.rank == 0 else None
+        bar = _progress(self.rank == 0 and cfg.progress, total_steps, 0)
+        eval_every = cfg.eval_every or steps_per_epoch
+        t_start, eval_time, done, window = time.perf_counter(), 0.0, 0, []
+
+        def wall() -> float:
+            return time.perf_counter() - t_start - eval_time
+
+        try:
+            for step in range(total_steps):
+                self.clock.start()
+                out = step_fn(step)
+                self.clock.stop()
+                if out is None:          # the algorithm converged (all ranks agree): stop
+                    break
+                extra = dict(out) if isinstance(out, dict) else {"loss": out}
+                loss = float(extra.pop("loss"))
+                if not math.isfinite(loss):
+                    raise DivergenceError(f"loss became {loss} at step {step} on rank {self.rank}; "
+                                          "lower the step size")
+                done, window = step + 1, (window + [loss])[-cfg.log_every:]
+                if done % cfg.log_every == 0 or done == total_steps:
+                    st = self.transport.stats
+                    events.write({"step": done, "epoch": done / steps_per_epoch, "loss": loss,
+                                  "wall_seconds": wall(), "compute_seconds": self.clock.compute,
+                                  "comm_seconds": self.clock.comm, "wait_seconds": self.clock.wait,
+                                  "bytes_sent": st.bytes_sent, "bytes_received": st.bytes_received,
+                                  **extra})
+                if bar is not None:
+                    bar.update(1)
+                if done % eval_every == 0 and done != total_steps:
+                    t0 = time.perf_counter()
+                    if before_eval is not None:
+                        before_eval()
+                    self.evaluate(done, wall(), evals)
+                    eval_time += time.perf_counter() - t0
+                    if cfg.stop_at_target and self._agree_to_stop(self.time_to_target is not None):
+                        break
+            total_wall = wall()
+            if before_eval is not None:
+                before_eval()
+            final = self.evaluate(done, total_wall, evals)
+            return LoopResult(done, done, total_wall, self.time_to_target, final,
+                              sum(window) / len(window) if window else None, self.clock,
+                              completed=True)
+        finally:
+            if bar is not None:
+                bar.close()
+            events.close()
+            if evals is not None:
+                evals.close()
+
     def _agree_to_stop(self, mine: bool) -> bool:
-        """Rank 0 decides to stop at the target; every rank must learn it at the same step."""
+        """Rank 0 decides to stop at the target; every rank must learn it at the same step.
+
+        An algorithm whose workers are not in step (a parameter server's ASP/SSP) agrees
+        its own way (``agree_to_stop``), so this is no hidden barrier.
+        """
+        agree = getattr(self.parts.algorithm, "agree_to_stop", None)
+        if agree is not None:
+            return agree(mine and self.rank == 0)
         flag = torch.tensor([1.0 if (mine and self.rank == 0) else 0.0])
         self.transport.broadcast(flag, src=0)
         return bool(flag.item())
