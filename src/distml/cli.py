@@ -56,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dirs", nargs="+")
     rp.add_argument("--out", help="report folder (default: report/ in the first run's parent)")
 
+    sm = sub.add_parser("simulate", help="project a measured run to more workers and another network")
+    sm.add_argument("--profile", required=True, metavar="RUN_DIR", help="a finished run to calibrate from")
+    sm.add_argument("--workers", default="8,64,512", help="comma-separated worker counts")
+    sm.add_argument("--bandwidth", default="10Gbit", help="per-link bandwidth, e.g. 10Gbit, 100Mbit")
+    sm.add_argument("--latency", default="20us", help="per-message latency, e.g. 20us, 1ms")
+    sm.add_argument("--servers", type=int, default=1, help="parameter servers in the PS projection")
+    sm.add_argument("--degree", type=int, default=2, help="gossip graph degree")
+    sm.add_argument("--json", action="store_true")
+
     li = sub.add_parser("list", help="list registered models, optimizers, sources, algorithms, ...")
     li.add_argument("kind", nargs="?")
     return p
@@ -208,6 +217,38 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_simulate(args) -> int:
+    from distml.runtime.simulate import parse_bandwidth, parse_latency, profile, project
+    try:
+        workers = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        raise UserError(f"--workers must be comma-separated integers, got {args.workers!r}") from None
+    if any(w < 1 for w in workers) or args.servers < 1 or args.degree < 1:
+        raise UserError("--workers, --servers and --degree must be >= 1")
+    prof = profile(Path(args.profile))
+    rows = project(prof, workers, parse_bandwidth(args.bandwidth), parse_latency(args.latency),
+                   args.servers, args.degree)
+    if args.json:
+        print(json.dumps({"profile": prof, "projection": rows}, indent=2))
+        return 0
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"{prof['algorithm']}: {prof['compute_per_step'] * 1e3:.2f} ms compute/step, "
+                    f"{prof['bytes_per_step'] / 1e6:.3f} MB/step/worker; {args.bandwidth}, {args.latency}")
+    for h in ("workers", "payload", "topology", "MB/step", "step ms", "worker-steps/s", "efficiency"):
+        t.add_column(h, justify="left" if h in ("payload", "topology") else "right")
+    for r in rows:
+        t.add_row(str(r["workers"]), r["payload"], r["topology"], f"{r['bytes_per_step'] / 1e6:.3f}",
+                  f"{r['step_seconds'] * 1e3:.2f}", f"{r['worker_steps_per_second']:.1f}",
+                  f"{r['scaling_efficiency']:.2f}")
+    buf = StringIO()
+    Console(file=buf, width=120, force_terminal=False).print(t)
+    print(buf.getvalue().rstrip())
+    return 0
+
+
 def cmd_list(args) -> int:
     from distml.runtime.build import registries
     regs = registries()
@@ -235,7 +276,7 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": cmd_run, "launch": cmd_launch, "evaluate": cmd_evaluate, "list": cmd_list,
-                "compare": cmd_compare, "report": cmd_report}
+                "compare": cmd_compare, "report": cmd_report, "simulate": cmd_simulate}
     try:
         return handlers[args.command](args)
     except UserError as e:

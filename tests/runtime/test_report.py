@@ -53,6 +53,18 @@ def test_compare_then_report(tmp_path):
     assert md.count("| lr=") == 2 and "![test_accuracy](test_accuracy.png)" in md
     assert "lr=0.3" in res.stdout                     # the terminal table
 
+    sim = distml("simulate", "--profile", str(runs[0]), "--workers", "2,16", "--bandwidth", "1Gbit",
+                 "--latency", "1ms", "--json", timeout=60)
+    assert sim.returncode == 0, sim.stderr
+    out_sim = json.loads(sim.stdout)
+    s = json.loads((runs[0] / "summary.json").read_text())
+    m = s["bytes_sent"] / s["workers"] / s["steps"]
+    ring16 = next(r for r in out_sim["projection"]
+                  if r["workers"] == 16 and r["topology"] == "ring_allreduce")
+    expected = 2 * 15 / 16 * m / 125e6 + 2 * 15 * 1e-3      # 2(N-1)/N·M/B + 2(N-1)·α
+    assert ring16["comm_seconds"] == pytest.approx(expected)
+    assert ring16["step_seconds"] == pytest.approx(expected + s["compute_seconds"] / s["steps"])
+
     again = distml("report", *map(str, runs), "--out", str(tmp_path / "rep"), timeout=60)
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "rep" / "report.json").read_text()) == rows
