@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -151,23 +152,29 @@ def worker(args) -> None:
 # driver side
 # ---------------------------------------------------------------------------------------
 class Run:
-    """Two worker processes of one (mode, model) run, around a store on 127.0.0.1."""
+    """Two worker processes of one (mode, model) run, around a store on 127.0.0.1.
+
+    Workers get their own sessions, so only the driver sees Ctrl-C; leaving the ``with``
+    block (normally, on an error or on Ctrl-C) kills whatever is still running.
+    """
 
     def __init__(self, mode: str, model: str, warmup: int, steps: int, params_out: str,
-                 timeout_s: float):
+                 logdir: str, timeout_s: float):
         self.mode, self.model = mode, model
         self.warmup, self.steps, self.params_out = warmup, steps, params_out
-        self.timeout_s = timeout_s
+        self.logdir, self.timeout_s = logdir, timeout_s
         self.procs: list[subprocess.Popen] = []
+        self.logs: list[tuple[str, str]] = []
+        self.store = None
 
     def __enter__(self):
         from distml.comm.transport import Transport
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        port = self.sock.getsockname()[1]
-        self.store = Transport.host_store(self.sock, timeout_s=120.0)
-        self.sock.detach()            # the store owns the listening fd now
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        port = sock.getsockname()[1]
+        self.store = Transport.host_store(sock, timeout_s=120.0)
+        sock.detach()                 # the store owns the listening fd now
         env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
                    MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         for rank in range(WORLD):
@@ -175,49 +182,66 @@ class Run:
                    "--rank", str(rank), "--port", str(port), "--mode", self.mode,
                    "--model", self.model, "--warmup", str(self.warmup),
                    "--steps", str(self.steps), "--params-out", self.params_out]
-            # own process group: the driver alone handles Ctrl-C and ends them
-            self.procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                               stderr=subprocess.PIPE, text=True,
-                                               start_new_session=True))
+            out = os.path.join(self.logdir, f"{self.mode}_{self.model}_{rank}.out")
+            err = os.path.join(self.logdir, f"{self.mode}_{self.model}_{rank}.err")
+            self.logs.append((out, err))
+            with open(out, "w") as fo, open(err, "w") as fe:
+                self.procs.append(subprocess.Popen(cmd, env=env, stdout=fo, stderr=fe,
+                                                   start_new_session=True))
         return self
 
     def results(self) -> list[dict]:
+        """Wait for both workers; the first one to fail (or the timeout) ends the run."""
         deadline = time.monotonic() + self.timeout_s
+        while any(p.poll() is None for p in self.procs):
+            for rank, p in enumerate(self.procs):
+                if p.poll() not in (None, 0):
+                    raise RuntimeError(f"{self.mode}/{self.model}: worker {rank} exited with "
+                                       f"{p.returncode}:\n{_tail(self.logs[rank][1])}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.mode}/{self.model}: workers did not finish within "
+                                   f"{self.timeout_s:g} s")
+            time.sleep(0.05)
         outs = []
-        for p in self.procs:
-            try:
-                out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                raise RuntimeError(f"{self.mode}/{self.model}: a worker did not finish within "
-                                   f"{self.timeout_s:g} s") from None
+        for rank, p in enumerate(self.procs):
             if p.returncode != 0:
-                raise RuntimeError(f"{self.mode}/{self.model}: worker exited with "
-                                   f"{p.returncode}:\n{err[-3000:]}")
-            lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+                raise RuntimeError(f"{self.mode}/{self.model}: worker {rank} exited with "
+                                   f"{p.returncode}:\n{_tail(self.logs[rank][1])}")
+            with open(self.logs[rank][0]) as f:
+                lines = [ln for ln in f.read().splitlines() if ln.startswith("RESULT ")]
             if not lines:
-                raise RuntimeError(f"{self.mode}/{self.model}: worker printed no result:\n"
-                                   f"{err[-3000:]}")
+                raise RuntimeError(f"{self.mode}/{self.model}: worker {rank} printed no result:\n"
+                                   f"{_tail(self.logs[rank][1])}")
             outs.append(json.loads(lines[-1][len("RESULT "):]))
         return outs
 
     def __exit__(self, *exc):
         for p in self.procs:
             if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                _killpg(p.pid, signal.SIGTERM)
         for p in self.procs:
             try:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _killpg(p.pid, signal.SIGKILL)
                 p.wait()
-        del self.store
+        self.store = None
         return False
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: str, n: int = 3000) -> str:
+    try:
+        with open(path) as f:
+            return f.read()[-n:]
+    except OSError:
+        return "(no log)"
 
 
 def _median(xs):
@@ -251,6 +275,11 @@ def main(argv=None) -> int:
     if repeats < 1 or steps < 1 or warmup < 0:
         ap.error("--repeats and --steps must be >= 1, --warmup >= 0")
 
+    def _on_term(signum, frame):   # make `kill` clean up like Ctrl-C does
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
     import torch
     rows: dict[tuple[str, str], list[dict]] = {}
     diffs: dict[str, list[float]] = {}
@@ -261,7 +290,7 @@ def main(argv=None) -> int:
                 finals = {}
                 for mode in ("ddp", "distml"):
                     out = os.path.join(tmp, f"{mode}_{model}.pt")
-                    with Run(mode, model, warmup, steps, out, args.timeout) as run:
+                    with Run(mode, model, warmup, steps, out, tmp, args.timeout) as run:
                         res = run.results()
                     sps = statistics.mean(x["steps_per_s"] for x in res)
                     rss = max(x["maxrss_kb"] for x in res) / 1024
@@ -275,10 +304,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: workers stopped", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        print(f"vs_ddp failed: {e}", file=sys.stderr)
+        return 1
     finally:
-        for f in Path(tmp).glob("*"):
-            f.unlink()
-        os.rmdir(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     summary: dict = {"bench": "vs_ddp"}
     for model in models:

@@ -10,7 +10,8 @@ from distml.optim import OPTIMIZERS, build_optimizer, is_full_batch, needs_closu
 
 # Per-method step sizes that make 60 steps on the toy problem count.
 LR = {"adam": 0.05, "adamw": 0.05, "adagrad": 0.3, "rmsprop": 0.01, "sgd": 0.5,
-      "momentum": 0.1, "nesterov": 0.1, "gd": 0.5, "lbfgs": 1.0}
+      "momentum": 0.1, "nesterov": 0.1, "gd": 0.5, "lbfgs": 1.0,
+      "cd": 1.0, "slbfgs": 0.5, "newton_cg": 1.0}
 
 
 def _logistic_problem():
@@ -41,7 +42,7 @@ def test_every_optimizer_reduces_logistic_objective(name):
         loss.backward()
         return loss
 
-    for _ in range(3 if needs_closure(name) else 60):
+    for _ in range(3 if needs_closure(name) and is_full_batch(name) else 60):
         if needs_closure(name):
             opt.step(closure)
         else:
@@ -84,7 +85,8 @@ def test_presets_set_torch_hyperparameters():
 
 def test_unknown_optimizer_lists_registered():
     with pytest.raises(ConfigError, match="unknown optimizer 'adamax'; registered: adagrad, adam, "
-                                          "adamw, gd, lbfgs, momentum, nesterov, rmsprop, sgd"):
+                                          "adamw, cd, gd, lbfgs, momentum, nesterov, newton_cg, "
+                                          "rmsprop, sgd, slbfgs"):
         build_optimizer("adamax", [torch.nn.Parameter(torch.zeros(1))])
 
 

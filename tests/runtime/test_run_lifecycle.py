@@ -191,7 +191,7 @@ def test_local_run_listens_only_on_loopback(tmp_path):
     ("data.source.dataset='nope'", "nope"),
     ("train.epocs=1", "unknown key 'train.epocs'"),
     ("workers=5000", "workers"),
-    ("comm.codec='topk'", "codec"),
+    ("algorithm.sync_batchnorm=true", "sync_batchnorm needs CUDA"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, override, message):
     cfg = small(tmp_path)

@@ -58,6 +58,19 @@ class Algorithm:
         """The model to evaluate and save (an ensemble, the consensus variable, ...)."""
         return self.model
 
+    def at_eval(self, step: int) -> dict[str, Any]:
+        """Called on every rank at every evaluation point, before rank 0 evaluates
+        ``eval_model()``; it may communicate (e.g. gather the ensemble's members, measure
+        the consensus distance). Returns figures that rank 0 adds to the evaluation record
+        (``eval.jsonl``) and, from the last one, to ``summary.json["algorithm_metrics"]``."""
+        return {}
+
+    def saved_model(self, model: nn.Module, workers: int) -> nn.Module:
+        """The module ``model.pt`` was saved from, built around a fresh ``model`` of the
+        run's architecture (e.g. an ensemble of ``workers`` copies); ``distml evaluate``
+        loads the state dict into it."""
+        return model
+
     def describe(self) -> dict[str, Any]:
         """The resolved plan shown by ``distml run --dry-run``."""
         return {"algorithm": type(self).__name__}

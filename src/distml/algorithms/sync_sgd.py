@@ -16,7 +16,7 @@ from torch import nn
 
 from distml.algorithms import ALGORITHMS
 from distml.algorithms.base import Algorithm
-from distml.comm.buckets import broadcast_module, make_buckets
+from distml.comm.buckets import Bucket, broadcast_module, make_buckets
 
 
 @ALGORITHMS.register("sync_sgd", topology="collective", pace="bsp",
@@ -42,6 +42,7 @@ class SyncSGD(Algorithm):
         self.sync_batchnorm = bool(sync_batchnorm)
         self._handles: list[Any] = []
         self._hooks: list[Any] = []
+        self.buckets: list[Bucket] = []
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Called before the optimizer is built: layer conversions that replace modules."""
@@ -54,20 +55,45 @@ class SyncSGD(Algorithm):
         broadcast_module(model, transport)
         params = [p for p in model.parameters() if p.requires_grad]
         self.buckets = make_buckets(params, int(self.bucket_mb * 2**20))
-        self._bucket_of = {}
+        # where each parameter's gradient goes: (bucket, index in the bucket)
+        self._slot: dict[torch.Tensor, tuple[Bucket, int]] = {}
         for b in self.buckets:
-            for p in b.params:
-                self._bucket_of[p] = b
+            for i, p in enumerate(b.params):
+                self._slot[p] = (b, i)
+        self._reset()
+        # Average = sum of grad / world: the division is fused into the copy into the
+        # bucket (one pass, during backward) and the reduction is a plain sum, so no pass
+        # over the buffer remains after communication.
+        self._divisor = float(transport.world_size)
         if self.overlap and transport.world_size > 1:
             for p in params:
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._grad_ready))
 
+    def _reset(self) -> None:
+        self._handles.clear()
+        for b in self.buckets:
+            b.pending = len(b.params)
+            b.ready = [False] * len(b.params)
+            b.launched = False
+
+    def _launch(self, bucket: Bucket) -> None:
+        bucket.launched = True
+        self._handles.append((bucket, self.transport.all_reduce(bucket.buffer, op="sum",
+                                                                async_op=True)))
+
     def _grad_ready(self, p: torch.Tensor) -> None:
-        bucket = self._bucket_of[p]
+        bucket, i = self._slot[p]
+        if bucket.launched or bucket.ready[i]:
+            raise RuntimeError(
+                "sync_sgd averages gradients once per backward pass: a second backward "
+                "produced a gradient before after_backward (the optimizer step) ran. "
+                "Accumulating gradients over several backward passes is not supported; "
+                "use a larger batch instead")
+        bucket.load_grad(i, self._divisor)   # copy now, while the gradient is in cache
+        bucket.ready[i] = True
         bucket.pending -= 1
         if bucket.pending == 0:
-            self._handles.append((bucket, self.transport.all_reduce(
-                bucket.fill_from_grads(), op="avg", async_op=True)))
+            self._launch(bucket)
 
     def global_loss(self, loss: torch.Tensor) -> torch.Tensor:
         avg = loss.detach().clone()
@@ -77,16 +103,20 @@ class SyncSGD(Algorithm):
     def after_backward(self, step: int) -> None:
         if self.transport.world_size == 1:
             return
-        started = {id(b) for b, _ in self._handles}
-        for b in self.buckets:   # buckets whose hooks did not all fire (unused params, no overlap)
-            if id(b) not in started:
-                self._handles.append((b, self.transport.all_reduce(
-                    b.fill_from_grads(), op="avg", async_op=True)))
-        for bucket, handle in self._handles:
-            handle.wait()
-            bucket.write_to_grads()
-            bucket.pending = len(bucket.params)
-        self._handles.clear()
+        try:
+            for b in self.buckets:   # buckets whose hooks did not all fire (unused params, no overlap)
+                if not b.launched:
+                    for i in range(len(b.params)):
+                        if not b.ready[i]:
+                            b.load_grad(i, self._divisor)
+                    self._launch(b)
+            for _, handle in self._handles:
+                handle.wait()
+            # the averaged gradients reach the optimizer as views of the buffers: no copy
+            for b in self.buckets:
+                b.attach_grads()
+        finally:
+            self._reset()
 
     def describe(self) -> dict[str, Any]:
         return {"algorithm": "sync_sgd", "buckets": len(getattr(self, "buckets", [])),

@@ -11,37 +11,75 @@ import torch
 
 
 class Bucket:
-    """A flat buffer over a fixed list of parameters, filled from their ``.grad``."""
+    """A flat buffer over a fixed list of parameters, filled from their ``.grad``.
+
+    ``views[i]`` is the slice of ``buffer`` shaped like ``params[i]``. After a reduction,
+    :meth:`attach_grads` makes each ``p.grad`` that view, so the result reaches the
+    optimizer without a copy; the next backward either finds ``p.grad`` None (after
+    ``zero_grad(set_to_none=True)``: a fresh gradient, copied in by :meth:`load_grad`) or
+    still the view (``zero_grad(set_to_none=False)``: accumulated in place, no copy).
+    """
 
     def __init__(self, params: list[torch.nn.Parameter]):
         self.params = params
         self.numels = [p.numel() for p in params]
         first = params[0]
         self.buffer = torch.zeros(sum(self.numels), dtype=first.dtype, device=first.device)
-        self.pending = len(params)
-
-    def fill_from_grads(self) -> torch.Tensor:
-        """Copy every parameter's gradient into the buffer (zeros where a grad is missing)."""
+        self.views: list[torch.Tensor] = []
         offset = 0
-        for p, n in zip(self.params, self.numels):
-            view = self.buffer[offset:offset + n]
-            if p.grad is None:
-                view.zero_()
-            else:
-                view.copy_(p.grad.reshape(-1))
+        for p, n in zip(params, self.numels):
+            self.views.append(self.buffer[offset:offset + n].view_as(p))
             offset += n
+        self.pending = len(params)           # gradients still to come in this backward
+        self.ready = [False] * len(params)   # which gradients are in the buffer already
+        self.launched = False                # its reduction has started
+
+    @property
+    def nbytes(self) -> int:
+        return self.buffer.numel() * self.buffer.element_size()
+
+    def holds_grad(self, i: int) -> bool:
+        """Whether ``params[i].grad`` is already this bucket's view (no copy needed)."""
+        g, v = self.params[i].grad, self.views[i]
+        return (g is not None and g.data_ptr() == v.data_ptr() and g.shape == v.shape
+                and g.stride() == v.stride() and g.dtype == v.dtype)
+
+    def load_grad(self, i: int, divisor: float = 1.0) -> None:
+        """Put ``params[i].grad / divisor`` into its view (zeros where the grad is missing).
+
+        One pass over the gradient: the copy and the scaling are fused; a gradient that
+        already is the view is scaled in place.
+        """
+        g, v = self.params[i].grad, self.views[i]
+        if g is None:
+            v.zero_()
+        elif self.holds_grad(i):
+            if divisor != 1.0:
+                v.div_(divisor)
+        elif divisor != 1.0:
+            torch.div(g, divisor, out=v)
+        else:
+            v.copy_(g)
+
+    def fill_from_grads(self, divisor: float = 1.0) -> torch.Tensor:
+        """Copy every parameter's gradient (divided by ``divisor``) into the buffer."""
+        for i in range(len(self.params)):
+            self.load_grad(i, divisor)
         return self.buffer
 
+    def attach_grads(self) -> None:
+        """Make every parameter's ``.grad`` its view of the (reduced) buffer: no copy."""
+        for i, p in enumerate(self.params):
+            if not self.holds_grad(i):
+                p.grad = self.views[i]
+
     def write_to_grads(self) -> None:
-        """Copy the (reduced) buffer back into every parameter's gradient."""
-        offset = 0
-        for p, n in zip(self.params, self.numels):
-            view = self.buffer[offset:offset + n].view_as(p)
+        """Copy the (reduced) buffer into every parameter's existing gradient tensor."""
+        for i, p in enumerate(self.params):
             if p.grad is None:
-                p.grad = view.clone()
-            else:
-                p.grad.copy_(view)
-            offset += n
+                p.grad = self.views[i].clone()
+            elif not self.holds_grad(i):
+                p.grad.copy_(self.views[i])
 
 
 def make_buckets(params: list[torch.nn.Parameter], cap_bytes: int) -> list[Bucket]:

@@ -17,6 +17,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from distml.optim import schedules, torch_optim  # noqa: F401  (registers the entries)
+from distml.optim import coordinate_descent, newton_cg, slbfgs  # noqa: F401,E402  (issue 6)
 from distml.optim.base import OPTIMIZERS, SCHEDULES
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "build_optimizer", "build_schedule", "needs_closure",

@@ -15,12 +15,14 @@ import torch
 from torch import nn
 
 from distml.algorithms import ALGORITHMS
+from distml.comm.compress import CODECS, Reducer, build_codec
 from distml.config import RunConfig
 from distml.errors import ConfigError
 from distml.models import build_loss, build_model
 from distml.optim import build_optimizer, build_schedule, is_full_batch, needs_closure
 from distml.partition import PARTITIONS, SOURCES, make_loader
 from distml.registry import split_spec
+from distml.runtime.faults import check_faults
 
 
 @dataclass
@@ -63,7 +65,8 @@ def registries() -> dict[str, Any]:
     from distml.models import LOSSES, MODELS
     from distml.optim import OPTIMIZERS, SCHEDULES
     return {"model": MODELS, "loss": LOSSES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-            "source": SOURCES, "partition": PARTITIONS, "algorithm": ALGORITHMS}
+            "source": SOURCES, "partition": PARTITIONS, "algorithm": ALGORITHMS,
+            "codec": CODECS}
 
 
 def restore_registrations(entries: list[tuple[str, str, Any, dict]]) -> None:
@@ -100,16 +103,30 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
     if source.online and config.data.samples_per_epoch is None:
         raise ConfigError("an online data source needs data.samples_per_epoch (the length of "
                           "one epoch), e.g. --set data.samples_per_epoch=20000")
+    codec = _check_composition(config, rank)
+    algorithm = ALGORITHMS.build(config.algorithm.spec(), codec=codec)
+    # roles (DESIGN.md §4): when the algorithm starts more processes than workers (servers),
+    # ranks 0..workers-1 train on the data and the others build no data loader
+    processes = algorithm.launch_size(config.workers)
+    if processes != config.workers:
+        world = config.workers
+    check = getattr(algorithm, "check_config", None)
+    if check is not None:
+        check(config)
+    check_faults(config.faults, world, processes)
     partition = PARTITIONS.build(config.data.partition)
-    loader = make_loader(source, partition, rank, world, config.data.batch_size, config.seed,
-                         samples_per_epoch=config.data.samples_per_epoch)
-    steps_per_epoch = 1 if full_batch else loader.steps_per_epoch
+    loader = None if rank >= world else make_loader(
+        source, partition, rank, world, config.data.batch_size, config.seed,
+        samples_per_epoch=config.data.samples_per_epoch)
+    steps_per_epoch = 1 if (full_batch or loader is None) else loader.steps_per_epoch
     total_steps = max(1, math.ceil(config.train.epochs * steps_per_epoch))
     if config.train.max_steps is not None:
         total_steps = min(total_steps, config.train.max_steps)
 
-    algorithm = ALGORITHMS.build(config.algorithm.spec())
     model = build_model_for(config, info, user)
+    if getattr(algorithm, "sync_batchnorm", False) and torch.device(device).type != "cuda":
+        raise ConfigError("algorithm.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm runs "
+                          "on GPUs only); on CPU leave it false: each worker keeps its own statistics")
     prepare = getattr(algorithm, "prepare_model", None)
     if prepare is not None:
         model = prepare(model)
@@ -125,21 +142,32 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
         optim_spec["lr"] = optim_spec["lr"] * world   # Goyal et al. 2017: lr ∝ global batch
     optimizer = build_optimizer(optim_spec, model.parameters())
     schedule = build_schedule(config.optim.schedule, optimizer, total_steps)
-    _check_composition(config)
     return Parts(source=source, loader=loader, test_data=None, model=model, loss_fn=loss_fn,
                  optimizer=optimizer, schedule=schedule, algorithm=algorithm,
                  steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                  full_batch=full_batch, needs_closure=closure)
 
 
-def _check_composition(config: RunConfig) -> None:
-    """Reject combinations that DESIGN.md §3.1 leaves out, naming what does compose."""
-    if config.comm.codec:
-        names = [split_spec(c, "codec")[0] for c in config.comm.codec]
-        raise ConfigError(f"comm.codec {names} is not available in this version: no codec is "
-                          "registered yet; remove comm.codec")
-    if config.comm.error_feedback:
-        raise ConfigError("comm.error_feedback needs a comm.codec; remove it or add a codec")
+def _check_composition(config: RunConfig, rank: int = 0):
+    """Build the run's codec and reject combinations DESIGN.md §3.1 leaves out, naming
+    what does compose. An algorithm takes a codec when its factory has a ``codec``
+    parameter; one registered with ``codecs="compressor"`` takes no Reducer (PowerSGD is
+    a multi-round collective). Returns the codec (None without ``comm.codec``)."""
+    codec = build_codec(config.comm.codec, config.comm.error_feedback, seed=config.seed,
+                        rank=rank)
+    if codec is None:
+        return None
+    name = config.algorithm.name
+    takers = [a for a in ALGORITHMS.names() if "codec" in ALGORITHMS.parameters(a)]
+    if name in ALGORITHMS and name not in takers:
+        raise ConfigError(f"algorithm '{name}' takes no comm.codec; codecs compose with "
+                          f"{', '.join(takers)}; remove comm.codec or change the algorithm")
+    if isinstance(codec, Reducer) and name in ALGORITHMS \
+            and ALGORITHMS.meta(name).get("codecs", "any") != "any":
+        raise ConfigError(f"algorithm '{name}' sends one message per update and takes a "
+                          f"Compressor, not the multi-round Reducer {codec.describe()}; choose "
+                          f"another codec ({', '.join(n for n in CODECS.names() if CODECS.meta(n).get('kind') != 'reducer')})")
+    return codec
 
 
 def make_plan(config: RunConfig, user: UserParts | None = None) -> dict[str, Any]:
@@ -159,6 +187,8 @@ def make_plan(config: RunConfig, user: UserParts | None = None) -> dict[str, Any
         shards.append({"rank": rank, "role": "worker" + (" (lead)" if rank == 0 else ""),
                        "samples_per_epoch": loader.steps_per_epoch * config.data.batch_size,
                        "steps_per_epoch": loader.steps_per_epoch})
+    for rank in range(world, parts.algorithm.launch_size(world)):
+        shards.append({"rank": rank, "role": "server", "samples_per_epoch": 0, "steps_per_epoch": 0})
     n_params = sum(p.numel() for p in parts.model.parameters())
     info = source.info
     return {

@@ -274,8 +274,7 @@ class TrainLoop:
             if evals is not None:
                 evals.close()
 
-    def run_steps(self, step_fn, total_steps: int, steps_per_epoch: int = 1,
-                  before_eval=None) -> LoopResult:
+    def run_steps(self, step_fn, total_steps: int, steps_per_epoch: int = 1) -> LoopResult:
         """Drive an ``owns_loop`` algorithm's own step with this loop's clocks and logs.
 
         ``step_fn(step)`` does one step (a round, a pipeline schedule, ...) and returns its
@@ -284,9 +283,9 @@ class TrainLoop:
         method times it (compute / comm / wait), writes ``events-rank{r}.jsonl`` every
         ``log_every`` steps, evaluates ``algorithm.eval_model()`` every ``eval_every`` steps
         (time excluded from the wall clock), honours ``stop_at_target`` and shows the
-        progress bar. ``before_eval()`` runs on every rank before each evaluation (e.g. to
-        gather a model split over ranks); its time counts as evaluation time. No mid-run
-        checkpoints: owned loops run from step 0.
+        progress bar; ``algorithm.at_eval`` runs on every rank before each evaluation (e.g.
+        to gather a model split over ranks). No mid-run checkpoints: owned loops run from
+        step 0.
         """
         cfg = self.config.train
         events = JsonlLog(self.out_dir / f"events-rank{self.rank}.jsonl")
@@ -298,6 +297,8 @@ class TrainLoop:
         def wall() -> float:
             return time.perf_counter() - t_start - eval_time
 
+        self.evaluate(0, 0.0, evals)              # the starting point of every curve
+        eval_time = time.perf_counter() - t_start
         try:
             for step in range(total_steps):
                 self.clock.start()
@@ -322,15 +323,11 @@ class TrainLoop:
                     bar.update(1)
                 if done % eval_every == 0 and done != total_steps:
                     t0 = time.perf_counter()
-                    if before_eval is not None:
-                        before_eval()
                     self.evaluate(done, wall(), evals)
                     eval_time += time.perf_counter() - t0
                     if cfg.stop_at_target and self._agree_to_stop(self.time_to_target is not None):
                         break
             total_wall = wall()
-            if before_eval is not None:
-                before_eval()
             final = self.evaluate(done, total_wall, evals)
             return LoopResult(done, done, total_wall, self.time_to_target, final,
                               sum(window) / len(window) if window else None, self.clock,

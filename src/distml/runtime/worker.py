@@ -23,6 +23,7 @@ from distml.config import RunConfig, parse_config
 from distml.errors import PeerError, UserError
 from distml.runtime.build import UserParts, build_parts, restore_registrations
 from distml.runtime.checkpoint import save_torch_atomic
+from distml.runtime.faults import arm_crash
 from distml.runtime.loop import TrainLoop
 from distml.runtime.metrics import summarize, write_json_atomic
 
@@ -98,10 +99,12 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
                                   backend=backend, timeout_s=config.comm.timeout_s,
                                   latency_ms=config.comm.latency_ms,
                                   device_id=device if device.type == "cuda" else None)
+    arm_crash(config.faults, rank)      # [faults] crash: tests of failure detection
     try:
         parts.algorithm.setup(parts.model, parts.optimizer, transport)
         torch.manual_seed(config.seed * 100003 + rank)    # dropout etc. differ across ranks
         loop = TrainLoop(config, parts, transport, out_dir, device)
+        loop.resume_requested, loop.stop_after = job.resume, job.stop_after
         if parts.algorithm.owns_loop:
             result = parts.algorithm.run(loop)
         else:
@@ -112,15 +115,24 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
                   "wait_seconds": result.clock.wait,
                   "bytes_sent": transport.stats.bytes_sent,
                   "bytes_received": transport.stats.bytes_received,
-                  "messages": transport.stats.messages}
-        per_rank = transport.all_gather_object(totals)
+                  "messages": transport.stats.messages,
+                  "ops": transport.stats.snapshot()["ops"]}
+        rank_metrics = getattr(parts.algorithm, "rank_metrics", None)
+        if rank_metrics is not None:
+            totals.update(rank_metrics())   # e.g. role, staleness, server counters (ps)
+        all_ranks = transport.all_gather_object(totals)
+        # servers (ps) are not workers: totals and means are over workers (DESIGN.md §5)
+        per_rank = [r for r in all_ranks if r.get("role", "worker") == "worker"]
         if rank == 0 and result.completed:
+            more = getattr(parts.algorithm, "summary_extra", None)
             summary = summarize(per_rank, result.final_eval, algorithm=config.algorithm.name,
-                                workers=world, wall_seconds=result.wall_seconds,
+                                workers=len(per_rank), wall_seconds=result.wall_seconds,
                                 time_to_target=result.time_to_target,
                                 extra={"name": config.name, "backend": backend,
                                        "device": str(device), "target_accuracy":
-                                       config.train.target_accuracy, "completed": True})
+                                       config.train.target_accuracy, "completed": True,
+                                       "algorithm_metrics": loop.algorithm_metrics,
+                                       **(more(all_ranks) if more is not None else {})})
             save_torch_atomic(out_dir / "model.pt", parts.algorithm.eval_model().state_dict())
             write_json_atomic(out_dir / "summary.json", summary)
         elif rank == 0:

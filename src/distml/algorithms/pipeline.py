@@ -1,0 +1,191 @@
+"""Layer-wise model parallelism: pipeline stages with micro-batches (GPipe, 1F1B).
+
+Huang et al. 2019, "GPipe" (all forwards, then all backwards) and Narayanan et al.
+2019, "PipeDream" (1F1B: one forward, one backward in the steady state, so at most K
+micro-batches are in flight). The layers of an ``nn.Sequential``-like model are cut
+into K contiguous stages (one per rank) balanced by parameter count; each global batch
+is cut into M micro-batches; torch.distributed.pipelining runs the schedule over the
+Transport's process group. The communicated content is activations (forward) and
+their gradients (backward); their bytes are counted on the transport as op
+``pipeline_p2p`` (time inside torch's schedule cannot be split out and counts as
+compute). Gradients are averaged over micro-batches, so a step equals the
+single-process step on the whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from distml.algorithms import ALGORITHMS
+from distml.algorithms._sequential import flat, sequential_of, unflat
+from distml.algorithms.base import Algorithm
+from distml.errors import ConfigError
+from distml.optim import build_optimizer, build_schedule, needs_closure
+from distml.partition import PARTITIONS, make_loader
+from distml.registry import split_spec
+
+SCHEDULES = ("gpipe", "1f1b")
+
+
+def balance(weights: list[int], k: int) -> list[int]:
+    """Cut ``weights`` into ``k`` non-empty contiguous parts minimizing the largest sum.
+
+    Returns:
+        the k+1 boundaries ``[0, b1, ..., n]``.
+
+    Raises:
+        ConfigError: fewer items than parts.
+    """
+    n = len(weights)
+    if n < k:
+        raise ConfigError(f"pipeline: {n} layers cannot make {k} stages; use at most {n} workers")
+    pre = [0]
+    for w in weights:
+        pre.append(pre[-1] + w)
+    inf = math.inf
+    # best[j][i]: the smallest max-part over the first i items in j parts; cut[j][i]: last cut
+    best = [[inf] * (n + 1) for _ in range(k + 1)]
+    cut = [[0] * (n + 1) for _ in range(k + 1)]
+    best[0][0] = 0
+    for j in range(1, k + 1):
+        for i in range(j, n + 1):
+            for c in range(j - 1, i):
+                v = max(best[j - 1][c], pre[i] - pre[c])
+                if v < best[j][i]:
+                    best[j][i], cut[j][i] = v, c
+    bounds = [n]
+    for j in range(k, 0, -1):
+        bounds.append(cut[j][bounds[-1]])
+    return bounds[::-1]
+
+
+@ALGORITHMS.register("pipeline", topology="dataflow (pipeline stages, p2p)", pace="bsp",
+                     paper="Huang et al. 2019 (GPipe); Narayanan et al. 2019 (PipeDream 1F1B)",
+                     summary="layer-wise model parallelism: stages balanced by parameters, "
+                             "micro-batches, GPipe or 1F1B schedule")
+class Pipeline(Algorithm):
+    """Pipeline parallelism with one stage per worker.
+
+    Args:
+        schedule: "gpipe" or "1f1b".
+        microbatches: M, micro-batches per batch (>= 1; must divide data.batch_size).
+
+    Raises:
+        ConfigError: an unknown schedule or microbatches < 1.
+    """
+
+    owns_loop = True
+
+    def __init__(self, schedule: str = "gpipe", microbatches: int = 4):
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"pipeline: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
+            raise ConfigError(f"pipeline: microbatches must be an int >= 1, got {microbatches!r}")
+        self.schedule_name, self.microbatches = schedule, microbatches
+        self.bounds: list[int] | None = None
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        sequential_of("pipeline", model)
+        return model
+
+    def check_config(self, config) -> None:
+        """Refuse closure optimizers, batch sizes the micro-batches do not divide, and 1F1B
+        with fewer micro-batches than stages."""
+        if needs_closure(split_spec(config.optim.spec(), "optimizer")[0]):
+            raise ConfigError("pipeline: the optimizer must not need a closure (e.g. not lbfgs)")
+        if self.schedule_name == "1f1b" and self.microbatches < config.workers:
+            raise ConfigError(f"pipeline: 1f1b needs microbatches >= stages (workers = "
+                              f"{config.workers}), got {self.microbatches}; or use schedule 'gpipe'")
+        if config.data.batch_size % self.microbatches:
+            raise ConfigError(f"pipeline: microbatches ({self.microbatches}) must divide "
+                              f"data.batch_size ({config.data.batch_size})")
+
+    def describe(self) -> dict[str, Any]:
+        return {"algorithm": "Pipeline", "schedule": self.schedule_name,
+                "microbatches": self.microbatches, "balance": "parameter count"}
+
+    def run(self, loop):
+        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+        p, t, cfg = loop.parts, loop.transport, loop.config
+        self.check_config(cfg)
+        layers = list(sequential_of("pipeline", p.model))
+        k = t.world_size
+        self.bounds = balance([sum(q.numel() for q in m.parameters()) for m in layers], k)
+        self.layers = layers
+        lo, hi = self.bounds[t.rank], self.bounds[t.rank + 1]
+        stage_mod = nn.Sequential(*layers[lo:hi])    # shares the layers with p.model
+        self._count_bytes(stage_mod, t.rank, k)
+        stage = PipelineStage(stage_mod, t.rank, k, torch.device(loop.device), group=t.group)
+        kind = ScheduleGPipe if self.schedule_name == "gpipe" else Schedule1F1B
+        sched = kind(stage, self.microbatches, loss_fn=p.loss_fn)
+        opt = build_optimizer(cfg.optim.spec(), stage_mod.parameters())
+        order = make_loader(p.source, PARTITIONS.build(cfg.data.partition), 0, 1,
+                            cfg.data.batch_size, cfg.seed, samples_per_epoch=cfg.data.samples_per_epoch)
+        spe = order.steps_per_epoch
+        total = max(1, math.ceil(cfg.train.epochs * spe))
+        if cfg.train.max_steps is not None:
+            total = min(total, cfg.train.max_steps)
+        lr_sched = build_schedule(cfg.optim.schedule, opt, total)
+        batches = _batches(order, spe)
+        last = k - 1
+
+        def step(s: int) -> float:
+            x, y = next(batches)
+            opt.zero_grad(set_to_none=True)
+            losses: list[torch.Tensor] = []
+            if t.rank == 0:
+                sched.step(loop._to_device(x), target=loop._to_device(y) if k == 1 else None,
+                           losses=losses if k == 1 else None)
+            elif t.rank == last:
+                sched.step(target=loop._to_device(y), losses=losses)
+            else:
+                sched.step()
+            opt.step()
+            lr_sched.step()
+            # the loss lives on the last stage; every rank logs it
+            loss = torch.tensor([float(torch.stack(losses).detach().mean()) if t.rank == last else 0.0],
+                                dtype=torch.float64)
+            return float(t.broadcast(loss, src=last)[0])
+
+        return loop.run_steps(step, total, steps_per_epoch=spe)
+
+    def _count_bytes(self, mod: nn.Module, rank: int, k: int) -> None:
+        stats = self.transport.stats
+
+        def out_hook(_m, _inp, out):         # activation sent, its gradient received
+            n = out.numel() * out.element_size()
+            stats.record("pipeline_p2p", n, n, 0.0)
+
+        def in_hook(_m, inp):                # activation received, its gradient sent
+            n = inp[0].numel() * inp[0].element_size()
+            stats.record("pipeline_p2p", n, n, 0.0)
+
+        if rank < k - 1:
+            mod.register_forward_hook(out_hook)
+        if rank > 0:
+            mod.register_forward_pre_hook(in_hook)
+
+    def at_eval(self, step: int) -> dict[str, Any]:
+        """Every rank gets every stage's parameters (rank 0 evaluates and saves the model)."""
+        t = self.transport
+        stages = [[q for m in self.layers[a:b] for q in m.parameters()]
+                  for a, b in zip(self.bounds, self.bounds[1:])]
+        width = max(max(sum(q.numel() for q in s) for s in stages), 1)
+        dtype = next(self.model.parameters()).dtype
+        got = t.all_gather(flat(stages[t.rank], width, dtype))
+        for r, s in enumerate(stages):
+            if r != t.rank:
+                unflat(got[r], s)
+        return {}
+
+
+def _batches(loader, spe: int):
+    epoch = 0
+    while True:
+        yield from loader.batches(epoch)
+        epoch += 1

@@ -1,0 +1,57 @@
+"""random-k: send k entries chosen by a random stream every rank shares.
+
+Reference: Stich et al. 2018 ("Sparsified SGD with Memory", rand-k); Wangni et al. 2018.
+Every rank draws the same indices from ``(seed, step)``, so only the values travel and
+payloads of all ranks can be summed with one all-reduce (summable).
+"""
+
+import math
+
+import torch
+
+from distml.comm.compress import CODECS
+from distml.comm.compress.base import Compressor, generator
+
+
+@CODECS.register("randomk", paper="Stich et al. 2018 (rand-k with memory)",
+                 summary="k shared random entries (values only, summable); use with error_feedback")
+class RandomK(Compressor):
+    """Keep ``ceil(ratio · n)`` entries at indices drawn from the shared seed.
+
+    Args:
+        ratio: the fraction of entries sent, in (0, 1].
+        seed: the run's seed, the same on every rank (set by distml).
+
+    Raises:
+        ValueError: ratio outside (0, 1].
+    """
+
+    summable = True
+
+    def __init__(self, ratio: float = 0.01, seed: int = 0):
+        if not 0 < ratio <= 1:
+            raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+        self.ratio, self.seed = float(ratio), int(seed)
+
+    def init(self, like):
+        return {"step": 0}
+
+    def _indices(self, n: int, step: int) -> torch.Tensor:
+        k = max(1, min(n, math.ceil(self.ratio * n)))
+        return torch.randperm(n, generator=generator(self.seed, 7919, step))[:k]
+
+    def compress(self, x, state):
+        flat = x.reshape(-1)
+        idx = self._indices(flat.numel(), state["step"])
+        return (flat[idx],), {"step": state["step"] + 1}
+
+    def decompress(self, payload, like, state=None):
+        if state is None:
+            raise ValueError("randomk.decompress needs the state compress returned (the shared step)")
+        idx = self._indices(like.numel(), state["step"] - 1)
+        out = torch.zeros(like.numel(), dtype=like.dtype)
+        out[idx] = payload[0].to(like.dtype)
+        return out.reshape(like.shape)
+
+    def describe(self) -> str:
+        return f"randomk({self.ratio:g})"

@@ -1,0 +1,109 @@
+"""Injected faults: stragglers, random per-step delays, a fixed compute time, crashes.
+
+They make pace strategies comparable on one machine (DESIGN.md §2.4, issue 3). A slow
+step is emulated with a sleep *after* the step, scaled from the step's measured compute
+time (wall time minus the time inside the transport):
+
+- ``straggler = {ranks = [2], slowdown = 3.0}``: those workers' steps take 3× as long
+  (a sleep of 2× the compute time);
+- ``delay = {name = "exponential", mean = 1.0}``: every step sleeps an extra time drawn
+  from an exponential distribution with mean ``mean`` × the compute time;
+  ``delay = {name = "bernoulli", p = 0.33, slowdown = 3.0}``: with probability ``p`` a
+  step takes ``slowdown`` × as long; ``ranks = [...]`` limits either to some workers;
+- ``compute_s = 0.02``: pad every step's compute to 20 ms with a sleep before the
+  factors apply. On an oversubscribed machine (2 cores, 4 processes) the real compute
+  time varies with contention; a fixed step time makes the *pace* what a benchmark
+  measures. Sleeps count as compute time;
+- ``crash = {rank = 1, after_s = 2.0}``: that process dies with SIGKILL 2 s after it
+  joined the world (tests of failure detection).
+
+Draws are seeded by (seed, rank, step), so a resumed run draws the same delays.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+
+from distml.config import FaultsConfig
+from distml.errors import ConfigError
+
+
+def check_faults(cfg: FaultsConfig, workers: int, processes: int) -> None:
+    """Refuse ranks that do not exist.
+
+    Raises:
+        ConfigError: a straggler/delay rank outside ``[0, workers)`` or a crash rank
+            outside ``[0, processes)``.
+    """
+    for what, ranks in (("faults.straggler.ranks", cfg.straggler.ranks if cfg.straggler else []),
+                        ("faults.delay.ranks", (cfg.delay.ranks or []) if cfg.delay else [])):
+        bad = [r for r in ranks if not 0 <= r < workers]
+        if bad:
+            raise ConfigError(f"{what} must be worker ranks in [0, {workers - 1}], got {bad}")
+    if cfg.crash is not None and not cfg.crash.rank < processes:
+        raise ConfigError(f"faults.crash.rank must be in [0, {processes - 1}], got {cfg.crash.rank}")
+
+
+class FaultInjector:
+    """Per-step sleeps of one worker; ``begin()`` before a step, ``end(step)`` after it.
+
+    Args:
+        cfg: the ``[faults]`` section.
+        rank: this worker's rank.
+        seed: the run's seed.
+        stats: the transport's counters (their time is not compute).
+    """
+
+    def __init__(self, cfg: FaultsConfig, rank: int, seed: int, stats):
+        self.cfg, self.rank, self.seed, self.stats = cfg, rank, seed, stats
+        s = cfg.straggler
+        self.slowdown = s.slowdown if s is not None and rank in s.ranks else 1.0
+        d = cfg.delay
+        self.delay = d if d is not None and (d.ranks is None or rank in d.ranks) else None
+        self.slept = 0.0
+
+    def begin(self) -> None:
+        self._t0 = time.perf_counter()
+        self._busy0 = self.stats.comm_seconds + self.stats.wait_seconds
+
+    def extra(self, step: int, compute: float) -> float:
+        """Seconds to sleep after a step whose compute took ``compute`` s."""
+        base = max(compute, self.cfg.compute_s or 0.0)
+        extra = (base - compute) + base * (self.slowdown - 1.0)
+        if self.delay is not None:
+            rng = random.Random((self.seed * 1_000_003 + self.rank) * 1_000_003 + step)
+            if self.delay.name == "exponential":
+                extra += rng.expovariate(1.0 / self.delay.mean) * base
+            elif rng.random() < self.delay.p:
+                extra += (self.delay.slowdown - 1.0) * base
+        return extra
+
+    def end(self, step: int) -> float:
+        busy = self.stats.comm_seconds + self.stats.wait_seconds - self._busy0
+        compute = max(time.perf_counter() - self._t0 - busy, 0.0)
+        extra = self.extra(step, compute)
+        if extra > 0:
+            time.sleep(extra)
+            self.slept += extra
+        return extra
+
+
+def make_faults(cfg: FaultsConfig, rank: int, seed: int, stats) -> FaultInjector | None:
+    """The injector of a worker, or None when no per-step fault applies."""
+    if cfg.straggler is None and cfg.delay is None and cfg.compute_s is None:
+        return None
+    return FaultInjector(cfg, rank, seed, stats)
+
+
+def arm_crash(cfg: FaultsConfig, rank: int) -> threading.Timer | None:
+    """If ``faults.crash`` names this rank, kill this process after ``after_s`` seconds."""
+    if cfg.crash is None or cfg.crash.rank != rank:
+        return None
+    timer = threading.Timer(cfg.crash.after_s, os.kill, (os.getpid(), signal.SIGKILL))
+    timer.daemon = True
+    timer.start()
+    return timer

@@ -1,0 +1,103 @@
+"""Pipeline parallelism (GPipe, 1F1B; 2 stages) equals the single-process model step for step."""
+
+import json
+
+import pytest
+import torch
+
+from procs import distml
+from distml.algorithms.pipeline import balance
+from distml.config import load_config
+from distml.errors import ConfigError
+from distml.models import build_loss
+from distml.optim import build_optimizer
+from distml.partition import PARTITIONS, SOURCES, make_loader
+from distml.runtime.build import build_model_for
+
+STEPS = 3
+CONFIG = """
+name = "mp"
+seed = 2
+workers = 2
+[data]
+source = {{ name = "sklearn", dataset = "digits" }}
+batch_size = 32
+[model]
+name = "mlp"
+hidden = [64, 32]
+[optim]
+name = "sgd"
+lr = 0.5
+[algorithm]
+{algorithm}
+[train]
+dtype = "float64"
+max_steps = {steps}
+log_every = 1
+progress = false
+"""
+
+
+def reference(cfg, steps):
+    """One process, the whole model, the same batches: per-step losses and final weights."""
+    source = SOURCES.build(cfg.data.source, seed=cfg.seed)
+    loader = make_loader(source, PARTITIONS.build(cfg.data.partition), 0, 1, cfg.data.batch_size,
+                         cfg.seed)
+    model = build_model_for(cfg, source.info).double()
+    loss_fn = build_loss(cfg.model.loss, cfg.model.name, source.info)
+    opt = build_optimizer(cfg.optim.spec(), model.parameters())
+    losses = []
+    for _, (x, y) in zip(range(steps), loader.batches(0)):
+        opt.zero_grad()
+        loss = loss_fn(model(x.double()), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, model.state_dict()
+
+
+def check_equal(tmp_path, algorithm):
+    path = tmp_path / "c.toml"
+    path.write_text(CONFIG.format(algorithm=algorithm, steps=STEPS))
+    out = tmp_path / "run"
+    res = distml("run", str(path), "--out", str(out), timeout=150)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cfg = load_config(path)
+    ref_losses, ref_state = reference(cfg, STEPS)
+    events = [json.loads(ln) for ln in (out / "events-rank0.jsonl").read_text().splitlines()]
+    assert len(events) == STEPS
+    assert max(abs(e["loss"] - r) for e, r in zip(events, ref_losses)) <= 1e-5
+    got = torch.load(out / "model.pt", weights_only=True)
+    assert got.keys() == ref_state.keys()
+    # after the first step, weights differ by lr × (gradient difference)
+    worst = max((got[k] - ref_state[k]).abs().max().item() for k in got)
+    assert worst <= 1e-5 * 0.5, worst
+    return events
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_pipeline_equals_single_process(tmp_path, schedule):
+    events = check_equal(tmp_path, f'name = "pipeline"\nschedule = "{schedule}"\nmicrobatches = 4')
+    # stage 0 sent the activations (batch 32 × 64 float64 per step), stage 1 their gradients
+    act = STEPS * 32 * 64 * 8
+    assert events[-1]["bytes_sent"] >= act
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["bytes_sent"] >= 2 * act
+
+
+def test_balance_by_parameter_count():
+    assert balance([10, 0, 10, 0, 10, 0, 10], 2) == [0, 3, 7]
+    assert balance([100, 1, 1, 1], 2) == [0, 1, 4]
+    assert balance([1, 1, 1], 3) == [0, 1, 2, 3]
+    with pytest.raises(ConfigError, match="3 layers cannot make 4 stages"):
+        balance([1, 1, 1], 4)
+
+
+def test_pipeline_refuses_microbatches_that_do_not_divide_the_batch(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(CONFIG.format(algorithm='name = "pipeline"\nmicrobatches = 5', steps=1))
+    res = distml("run", str(path), "--dry-run", timeout=60)
+    assert res.returncode == 2
+    assert "microbatches (5) must divide data.batch_size (32)" in res.stderr
