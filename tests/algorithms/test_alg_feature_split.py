@@ -14,7 +14,7 @@ from distml.optim import build_optimizer
 from distml.partition import PARTITIONS, SOURCES, make_loader
 from distml.runtime.build import build_model_for
 
-pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(240)]
 
 STEPS = 300
 WD = 0.05

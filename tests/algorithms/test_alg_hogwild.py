@@ -6,7 +6,7 @@ import pytest
 
 from procs import distml
 
-pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(200)]
+pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(300)]
 
 CONFIG = """
 name = "hw"

@@ -65,9 +65,10 @@ def test_rate_limit_is_real_and_everything_is_deleted():
         qdisc = subprocess.run(["ip", "netns", "exec", hs[0].ns, "tc", "qdisc", "show", "dev", "eth0"],
                                capture_output=True, text=True).stdout
         assert "tbf" in qdisc and "40Mbit" in qdisc
-        measured = _throughput(hs, 4_000_000) * 8
-    # TCP payload over a 40 Mbit/s token bucket: headers take ~5 %, so near but under the cap
-    assert 0.75 * rate_bits < measured < 1.08 * rate_bits, measured
+        measured = _throughput(hs, 6_000_000) * 8
+    # TCP payload over a 40 Mbit/s token bucket: headers take ~5 % (0.95 measured on an idle
+    # machine); the margin below is for a loaded one
+    assert 0.6 * rate_bits < measured < 1.05 * rate_bits, measured
     assert namespaces("tbt1") == []
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     assert "tbt1" not in links
