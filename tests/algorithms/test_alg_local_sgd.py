@@ -58,12 +58,12 @@ def test_pipelined_local_sgd_with_sign_error_feedback_learns_and_counts_bytes(tm
     assert s["test_accuracy"] > 0.85
     steps, syncs = s["steps"], s["per_rank"][0]["syncs"]
     assert syncs == steps // 4
-    # the MLP 64-32-10 has 64*32+32+32*10+10 = 2410 parameters: 302 bytes of signs + a 4-byte
-    # scale per averaging, per worker, counted by the transport; rank 0 also broadcast the
-    # initial model (2410 float32)
+    # the MLP 64-32-10 has 64*32+32+32*10+10 = 2410 parameters: 302 bytes of signs + three
+    # 4-byte scales (one per 1024 entries) per averaging and worker, counted by the
+    # transport; rank 0 also broadcast the initial model (2410 float32)
     r0, r1 = s["per_rank"]
-    assert r1["bytes_sent"] == syncs * (302 + 4)
-    assert r0["bytes_sent"] == syncs * (302 + 4) + 2410 * 4
+    assert r1["bytes_sent"] == syncs * (302 + 12)
+    assert r0["bytes_sent"] == syncs * (302 + 12) + 2410 * 4
     assert all(r["comm_hidden_seconds"] > 0 for r in s["per_rank"])
     assert s["algorithm_metrics"]["syncs"] == syncs
 
@@ -73,3 +73,19 @@ def test_bmuf_with_powersgd_and_post_local_warmup(tmp_path):
              'block_momentum = 0.5', comm='codec = { name = "powersgd", rank = 2 }')
     assert s["test_accuracy"] > 0.85
     assert s["per_rank"][0]["syncs"] == 20 + (s["steps"] - 20) // 8
+
+
+def test_stop_and_resume_is_exact_with_pipelining_and_powersgd(tmp_path):
+    """Anchor, codec state (PowerSGD's Q and error) and the averaging in flight are checkpointed."""
+    algorithm = 'name = "local_sgd"\nperiod = 4\npipeline = true'
+    comm = 'codec = { name = "powersgd", rank = 2 }'
+    _run(tmp_path, "full", algorithm, comm=comm, train="epochs = 2")
+    path = tmp_path / "full.toml"
+    stop = distml("run", str(path), "--out", str(tmp_path / "res"), "--stop-after", "22", timeout=150)
+    assert stop.returncode == 0, stop.stderr[-3000:]
+    assert not (tmp_path / "res" / "model.pt").exists()
+    res = distml("run", str(path), "--out", str(tmp_path / "res"), "--resume", timeout=150)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "res" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from procs import distml
-from distml.algorithms.pipeline import balance
+from distml.algorithms.pipeline import Pipeline, balance, layer_times
 from distml.config import load_config
 from distml.errors import ConfigError
 from distml.models import build_loss
@@ -77,9 +77,11 @@ def check_equal(tmp_path, algorithm):
 
 @pytest.mark.multiprocess
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
-def test_pipeline_equals_single_process(tmp_path, schedule):
-    events = check_equal(tmp_path, f'name = "pipeline"\nschedule = "{schedule}"\nmicrobatches = 4')
+@pytest.mark.parametrize("schedule,balance", [("gpipe", "params"), ("1f1b", "params"),
+                                              ("gpipe", "time")])
+def test_pipeline_equals_single_process(tmp_path, schedule, balance):
+    events = check_equal(tmp_path, f'name = "pipeline"\nschedule = "{schedule}"\nmicrobatches = 4\n'
+                                   f'balance = "{balance}"')
     # stage 0 sent the activations (batch 32 × 64 float64 per step), stage 1 their gradients
     act = STEPS * 32 * 64 * 8
     assert events[-1]["bytes_sent"] >= act
@@ -101,3 +103,51 @@ def test_pipeline_refuses_microbatches_that_do_not_divide_the_batch(tmp_path):
     res = distml("run", str(path), "--dry-run", timeout=60)
     assert res.returncode == 2
     assert "microbatches (5) must divide data.batch_size (32)" in res.stderr
+
+
+class _Slow(torch.nn.Module):
+    """No parameters, but ~20 matrix products: costly in time, free by parameter count."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.register_buffer("w", torch.randn(d, d) / d ** 0.5)
+
+    def forward(self, x):
+        for _ in range(20):
+            x = torch.tanh(x @ self.w)
+        return x
+
+
+def test_balance_by_measured_time_differs_from_parameter_count():
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(256, 256), _Slow(256), _Slow(256)]
+    by_params = balance([sum(q.numel() for q in m.parameters()) for m in layers], 2)
+    assert by_params == [0, 1, 3]                 # all parameters in the first layer
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                      # 2 threads on a loaded 2-core box are erratic
+    try:
+        times = layer_times(layers, torch.randn(32, 256), repeats=5)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(times) == 3 and all(v > 0 for v in times)
+    assert times[1] > times[0] and times[2] > times[0], times   # ~40 products against 3
+    assert balance(times, 2) == [0, 2, 3]         # the two slow layers on different stages
+
+
+def test_layer_times_leave_parameters_grads_buffers_and_rng_alone():
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5)]
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in layers]
+    x = torch.randn(16, 8)
+    rng = torch.get_rng_state()
+    layer_times(layers, x, repeats=2)
+    assert torch.equal(torch.get_rng_state(), rng)
+    for m, b in zip(layers, before):
+        assert all(torch.equal(v, b[k]) for k, v in m.state_dict().items())
+        assert all(q.grad is None for q in m.parameters())
+
+
+def test_pipeline_refuses_unknown_balance():
+    with pytest.raises(ConfigError, match="balance must be one of params, time"):
+        Pipeline(balance="flops")
+    assert Pipeline(balance="time").describe()["balance"] == "measured time"

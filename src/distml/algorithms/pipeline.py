@@ -3,7 +3,9 @@
 Huang et al. 2019, "GPipe" (all forwards, then all backwards) and Narayanan et al.
 2019, "PipeDream" (1F1B: one forward, one backward in the steady state, so at most K
 micro-batches are in flight). The layers of an ``nn.Sequential``-like model are cut
-into K contiguous stages (one per rank) balanced by parameter count; each global batch
+into K contiguous stages (one per rank) balanced by parameter count or by measured
+time (``balance = "time"``: each layer's forward + backward timed on one micro-batch of
+the first batch, by rank 0, broadcast so every rank cuts alike); each global batch
 is cut into M micro-batches; torch.distributed.pipelining runs the schedule over the
 Transport's process group. The communicated content is activations (forward) and
 their gradients (backward); their bytes are counted on the transport as op
@@ -14,7 +16,10 @@ single-process step on the whole batch.
 
 from __future__ import annotations
 
+import copy
 import math
+import statistics
+import time
 from typing import Any
 
 import torch
@@ -29,9 +34,10 @@ from distml.partition import PARTITIONS, make_loader
 from distml.registry import split_spec
 
 SCHEDULES = ("gpipe", "1f1b")
+BALANCES = ("params", "time")
 
 
-def balance(weights: list[int], k: int) -> list[int]:
+def balance(weights: list[float], k: int) -> list[int]:
     """Cut ``weights`` into ``k`` non-empty contiguous parts minimizing the largest sum.
 
     Returns:
@@ -63,29 +69,61 @@ def balance(weights: list[int], k: int) -> list[int]:
     return bounds[::-1]
 
 
+def layer_times(layers: list[nn.Module], x: torch.Tensor, repeats: int = 5) -> list[float]:
+    """Median seconds of each layer's forward + backward on the input ``x`` (a micro-batch).
+
+    The layers run in sequence (layer i gets layer i−1's output as an input that requires
+    grad, so its backward includes the input gradient a pipeline stage sends); each is
+    timed ``repeats`` times after one warm-up. The timing runs on copies of the layers
+    with the RNG state restored afterwards, so parameters, gradients, buffers (e.g.
+    batch-norm statistics) and random streams are left as they were.
+    """
+    out: list[float] = []
+    a = x.detach()
+    with torch.random.fork_rng(devices=[]):
+        for layer in layers:
+            m = copy.deepcopy(layer)
+            inp = a.detach().requires_grad_(a.is_floating_point())
+            runs = []
+            for r in range(repeats + 1):
+                t0 = time.perf_counter()
+                y = m(inp)
+                if y.requires_grad:
+                    y.backward(torch.ones_like(y))
+                if r:                            # the first run is a warm-up
+                    runs.append(time.perf_counter() - t0)
+            out.append(statistics.median(runs))
+            a = y.detach()
+    return out
+
+
 @ALGORITHMS.register("pipeline", topology="dataflow (pipeline stages, p2p)", pace="bsp",
                      paper="Huang et al. 2019 (GPipe); Narayanan et al. 2019 (PipeDream 1F1B)",
-                     summary="layer-wise model parallelism: stages balanced by parameters, "
-                             "micro-batches, GPipe or 1F1B schedule")
+                     summary="layer-wise model parallelism: stages balanced by parameters "
+                             "or measured time, micro-batches, GPipe or 1F1B schedule")
 class Pipeline(Algorithm):
     """Pipeline parallelism with one stage per worker.
 
     Args:
         schedule: "gpipe" or "1f1b".
         microbatches: M, micro-batches per batch (>= 1; must divide data.batch_size).
+        balance: "params" (equalise parameter counts) or "time" (equalise each stage's
+            forward + backward time, measured per layer on one micro-batch by rank 0).
 
     Raises:
-        ConfigError: an unknown schedule or microbatches < 1.
+        ConfigError: an unknown schedule or balance, or microbatches < 1.
     """
 
     owns_loop = True
 
-    def __init__(self, schedule: str = "gpipe", microbatches: int = 4):
+    def __init__(self, schedule: str = "gpipe", microbatches: int = 4, balance: str = "params"):
         if schedule not in SCHEDULES:
             raise ConfigError(f"pipeline: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
         if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
             raise ConfigError(f"pipeline: microbatches must be an int >= 1, got {microbatches!r}")
-        self.schedule_name, self.microbatches = schedule, microbatches
+        if balance not in BALANCES:
+            raise ConfigError(f"pipeline: balance must be one of {', '.join(BALANCES)}, got {balance!r}")
+        self.schedule_name, self.microbatches, self.balance = schedule, microbatches, balance
         self.bounds: list[int] | None = None
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -106,7 +144,8 @@ class Pipeline(Algorithm):
 
     def describe(self) -> dict[str, Any]:
         return {"algorithm": "Pipeline", "schedule": self.schedule_name,
-                "microbatches": self.microbatches, "balance": "parameter count"}
+                "microbatches": self.microbatches,
+                "balance": "parameter count" if self.balance == "params" else "measured time"}
 
     def run(self, loop):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
@@ -115,7 +154,10 @@ class Pipeline(Algorithm):
         self.check_config(cfg)
         layers = list(sequential_of("pipeline", p.model))
         k = t.world_size
-        self.bounds = balance([sum(q.numel() for q in m.parameters()) for m in layers], k)
+        if self.balance == "time":
+            self.bounds = balance(self._measured_times(loop, layers), k)
+        else:
+            self.bounds = balance([sum(q.numel() for q in m.parameters()) for m in layers], k)
         self.layers = layers
         lo, hi = self.bounds[t.rank], self.bounds[t.rank + 1]
         stage_mod = nn.Sequential(*layers[lo:hi])    # shares the layers with p.model
@@ -153,6 +195,21 @@ class Pipeline(Algorithm):
             return float(t.broadcast(loss, src=last)[0])
 
         return loop.run_steps(step, total, steps_per_epoch=spe)
+
+    def _measured_times(self, loop, layers: list[nn.Module]) -> list[float]:
+        """Per-layer forward + backward seconds on one micro-batch of the first batch, timed
+        by rank 0 and broadcast (every rank must cut the model at the same places)."""
+        t, cfg = loop.transport, loop.config
+        times = torch.zeros(len(layers), dtype=torch.float64)
+        if t.rank == 0:
+            first = make_loader(loop.parts.source, PARTITIONS.build(cfg.data.partition), 0, 1,
+                                cfg.data.batch_size, cfg.seed,
+                                samples_per_epoch=cfg.data.samples_per_epoch)
+            x, _ = next(iter(first.batches(0)))
+            x = loop._to_device(x[: cfg.data.batch_size // self.microbatches])
+            times = torch.tensor(layer_times(layers, x), dtype=torch.float64)
+        self.layer_seconds = [float(v) for v in t.broadcast(times, src=0)]
+        return self.layer_seconds
 
     def _count_bytes(self, mod: nn.Module, rank: int, k: int) -> None:
         stats = self.transport.stats
