@@ -85,7 +85,8 @@ def cocoa_rounds(variant: str, h: int, max_rounds: int, target: float) -> dict:
     }
     with tempfile.TemporaryDirectory() as tmp:
         s = distml.run(cfg, out=Path(tmp) / "run")
-        events = [json.loads(ln) for ln in (Path(tmp) / "run" / "events-rank0.jsonl").read_text().splitlines()]
+        log = (Path(tmp) / "run" / "events-rank0.jsonl").read_text()
+        events = [json.loads(ln) for ln in log.splitlines()]
     objectives = [e["loss"] for e in events]
     final = s["algorithm_metrics"]["primal_objective"]
     hit = next((j for j, v in enumerate(objectives) if v <= target), None)

@@ -19,7 +19,12 @@ Ends by printing one JSON line (DESIGN.md §5)::
 
 ``speedup`` = median samples/s with 2 processes ÷ median samples/s with 1 process;
 ``loss_gap`` = |median final loss (2) − median final loss (1)| ÷ median final loss (1)
-(the issue's condition: ≤ 0.02); ``speedup_min/max`` = the spread of per-repeat ratios.
+(the issue's condition: ≤ 0.02); ``speedup_min/max`` = the spread of per-repeat ratios;
+``concurrent_compute_slowdown`` (measured before and after the runs) = the time of a
+fixed CPU burst of the same kind of work (batch-1 logistic SGD steps on a private model)
+run by 2 processes at once ÷ run by 1 alone: near 1 on two free cores, near 2 when the
+machine's other load leaves the two processes one core's worth — then no 2-process
+speedup is possible, whatever the algorithm.
 """
 
 from __future__ import annotations
@@ -53,6 +58,51 @@ def one_run(cfg: dict) -> dict:
         return json.loads((Path(tmp) / "run" / "hogwild.json").read_text())
 
 
+def _burst(steps: int, out) -> None:
+    """A private copy of the workload (batch-1 logistic SGD steps, 1 thread): its seconds."""
+    import time
+
+    import torch
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model, opt_x = torch.nn.Linear(1000, 2), torch.zeros(1, 1000)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    opt_x[0, :10] = 1.0
+    y = torch.tensor([1])
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(opt_x), y).backward()
+        opt.step()
+    out.put(time.perf_counter() - t0)
+
+
+def concurrency(steps: int = 3000, tries: int = 3) -> float:
+    """Median over ``tries`` of (burst seconds with 2 processes at once) ÷ (alone): 1.0 means
+    two free cores, 2.0 that two processes share one core's worth of CPU (the ceiling on
+    any 2-process speedup is then ~1×)."""
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    ratios = []
+    for _ in range(tries):
+        times = []
+        for n in (1, 2):
+            q = ctx.Queue()
+            procs = [ctx.Process(target=_burst, args=(steps, q), daemon=True) for _ in range(n)]
+            try:
+                for pr in procs:
+                    pr.start()
+                times.append(statistics.mean(q.get(timeout=300) for _ in procs))
+            finally:
+                for pr in procs:
+                    pr.join(timeout=5)
+                    if pr.is_alive():
+                        pr.kill()
+                        pr.join()
+        ratios.append(times[1] / times[0])
+    return statistics.median(ratios)
+
+
 def _on_term(signum, frame):                 # run the finally blocks (the launcher reaps)
     raise SystemExit(128 + signum)
 
@@ -70,6 +120,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _on_term)
     if args.quick:
         args.repeats, args.n, args.dim, args.density, args.epochs = 1, 4000, 300, 0.03, 1
+    slowdown = [concurrency()]
     runs: dict[int, list[dict]] = {1: [], 2: []}
     for rep in range(args.repeats):
         for workers in (1, 2):
@@ -78,6 +129,8 @@ def main() -> None:
             print(f"repeat {rep} workers={workers} samples={r['samples']} "
                   f"samples/s={r['samples_per_second']:.0f} final_loss={r['final_loss']:.5f} "
                   f"train_s={r['train_seconds']:.2f}", file=sys.stderr, flush=True)
+
+    slowdown.append(concurrency())
 
     def med(w: int, key: str) -> float:
         return statistics.median(r[key] for r in runs[w])
@@ -95,6 +148,7 @@ def main() -> None:
         "final_loss": {"1": round(med(1, "final_loss"), 5), "2": round(med(2, "final_loss"), 5)},
         "samples_per_second": {"1": round(med(1, "samples_per_second")),
                                "2": round(med(2, "samples_per_second"))},
+        "concurrent_compute_slowdown": [round(v, 3) for v in slowdown],
         "n": args.n, "dim": args.dim, "density": args.density, "epochs": args.epochs,
     }))
 

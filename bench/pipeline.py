@@ -38,6 +38,11 @@ Ends by printing one JSON line (DESIGN.md §5)::
 
     {"bench": "pipeline", "bubble": {M: ...}, "predicted": {M: ...}, "max_abs_error": ..., ...}
 
+``concurrent_compute_slowdown`` (measured before and after the steps, in the same two
+processes): the time of a fixed compute burst run by both stages at once ÷ run by each
+alone. A pipeline can only overlap its stages if this is near 1; at 2 the two
+processes share one core's worth of CPU and no schedule can beat M = 1.
+
 ``bubble`` = the larger of the two stages' idle fractions per M (``bubble_by_stage`` has
 both); ``max_abs_error`` = the largest |measured − predicted| over stages and M;
 ``not_busy`` = (step − compute − send) / step, i.e. idle + other, for the reader who
@@ -47,6 +52,7 @@ counts bookkeeping as idle too.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import signal
@@ -74,6 +80,8 @@ def child(args) -> None:
     torch.set_num_threads(1)
     t = distml.init(timeout_s=300)
     rank = t.rank
+    if args.pin and len(os.sched_getaffinity(0)) >= K:
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[rank]})   # one core per stage
     torch.manual_seed(0)
     layers = [nn.Linear(64, args.width), nn.ReLU()]
     for _ in range(args.layers):
@@ -126,8 +134,32 @@ def child(args) -> None:
                 acc["compute"] += time.perf_counter() - t0
         return wrapper
 
+    def burst() -> float:
+        """Seconds of a fixed compute burst: 3 forward + backward passes of the whole model."""
+        m = nn.Sequential(*copy.deepcopy(layers))
+        t0 = time.perf_counter()
+        for _ in range(3):
+            loss_fn(m(x), y).backward()
+        return time.perf_counter() - t0
+
+    def concurrency() -> float:
+        """How much the two stage processes slow each other when both compute at once: the
+        median over 3 tries of (burst time, both ranks together) ÷ (burst time, alone).
+        1.0: two free cores; 2.0: the two processes effectively share one core."""
+        ratios = []
+        for _ in range(3):
+            alone = 0.0
+            for r in range(K):
+                t.barrier()
+                if rank == r:
+                    alone = burst()
+                t.barrier()
+            t.barrier()
+            ratios.append(burst() / alone)
+        return float(t.all_reduce(torch.tensor([statistics.median(ratios)], dtype=torch.float64))[0]) / K
+
     S._sorted_batch_p2p, S._wait_batch_p2p = sorted_p2p, wait_p2p
-    results: dict[str, list] = {}
+    results: dict[str, list] = {"concurrency": [concurrency()]}
     order = list(MS)
     try:
         for rep in range(args.repeats):
@@ -167,6 +199,7 @@ def child(args) -> None:
                      "boundary": [args.batch // m, width],
                      "stage_params": sum(q.numel() for q in mod.parameters())})
                 del sched, stage, mod
+        results["concurrency"].append(concurrency())
     finally:
         S._sorted_batch_p2p, S._wait_batch_p2p = orig_sorted, orig_wait
     Path(f"{args.child}.rank{rank}.json").write_text(json.dumps(results))
@@ -187,7 +220,7 @@ def run_children(args) -> list[dict]:
         cmd = [sys.executable, "-m", "distml", "launch", "-n", str(K), __file__, "--child", prefix,
                "--width", str(args.width), "--layers", str(args.layers), "--batch", str(args.batch),
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-               "--pingpong", str(args.pingpong)]
+               "--pingpong", str(args.pingpong), "--pin", str(args.pin)]
         proc = subprocess.Popen(cmd, start_new_session=True)
         try:
             rc = proc.wait(timeout=args.timeout)
@@ -271,6 +304,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--pingpong", type=int, default=10)
+    ap.add_argument("--pin", type=int, default=0, help="1: pin stage r to CPU core r")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--child", metavar="PREFIX", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -280,7 +314,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _on_term)
     if args.quick:
         args.repeats, args.width, args.layers, args.batch, args.steps = 1, 512, 4, 256, 4
-    s = summarize(run_children(args), args)
+    ranks = run_children(args)
+    s = summarize(ranks, args)
     pred = {str(m): round(predicted(m), 4) for m in MS}
     bubble = {str(m): max(s["bubble_by_stage"][str(m)]) for m in MS}
     err = max(abs(v - predicted(m)) for m in MS for v in s["bubble_by_stage"][str(m)])
@@ -298,6 +333,7 @@ def main() -> None:
         "throughput_vs_m1": {str(m): round(s["throughput"][str(m)] / t1, 3) for m in MS},
         "predicted_throughput_vs_m1": {str(m): round(K * m / (m + K - 1), 3) for m in MS},
         "bounds": s["bounds"], "time_share": s["time_share"],
+        "concurrent_compute_slowdown": [round(v, 3) for v in ranks[0]["concurrency"]],
     }))
 
 
