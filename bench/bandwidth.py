@@ -36,7 +36,7 @@ from compression import METHODS, config_text  # noqa: E402  (one place for the m
 
 from distml.runtime.testbed import can_make_namespaces, hosts  # noqa: E402
 
-CANDIDATES = ("local_h16_powersgd_r2", "powersgd_r2", "local_h16_sign_ef")
+CANDIDATES = ("local_h16_sign_ef", "local_h16_powersgd_r2", "powersgd_r2", "local_sgd_h16_pipeline")
 
 
 def run_on_testbed(hs, cfg: Path, out: Path, timeout: float) -> dict:
@@ -85,7 +85,15 @@ def main() -> None:
         raise SystemExit(f"bench/bandwidth.py needs network namespaces: {reason}")
     target = args.target or (0.75 if args.quick else 0.84)
     eval_every = args.eval_every or (20 if args.quick else 50)
-    names = ["fp32"] + [c for c in args.candidates.split(",") if c]
+    from distml.algorithms import ALGORITHMS
+    names = ["fp32"]
+    for c in (c for c in args.candidates.split(",") if c):
+        algorithm, comm = METHODS[c]
+        if comm.get("codec") and "codec" not in ALGORITHMS.parameters(algorithm["name"]):
+            print(f"  skipped {c}: {algorithm['name']} takes no comm.codec in this version",
+                  file=sys.stderr)
+        else:
+            names.append(c)
     ttt, steps, wall, mb = {}, {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="distml-bw-") as tmp, hosts(2, rate=args.rate) as hs:
         for name in names:

@@ -68,8 +68,11 @@ class LocalSGD(Algorithm):
         super().setup(model, optimizer, transport)
         broadcast_module(model, transport)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.anchor = flatten(self.params).clone()            # the last agreed model w
-        self.velocity = torch.zeros_like(self.anchor)          # BMUF's Δ
+        # the point every block starts from (deltas are relative to it), BMUF's global
+        # model W (without the Nesterov look-ahead) and its block momentum Δ
+        self.anchor = flatten(self.params).clone()
+        self.block_w = self.anchor.clone()
+        self.velocity = torch.zeros_like(self.anchor)
         self.codec_state = init_state(self.codec, self.anchor, [p.shape for p in self.params])
         self._sent: torch.Tensor | None = None                 # the delta in flight (pipeline)
 
@@ -78,13 +81,20 @@ class LocalSGD(Algorithm):
         return done <= self.warmup_steps or (done - self.warmup_steps) % self.period == 0
 
     def _target(self, mean: torch.Tensor) -> torch.Tensor:
-        """Advance the anchor by the averaged delta; return where the next block starts."""
+        """Move the anchor (the next block's start) by the averaged delta and return it.
+
+        BMUF (Chen & Huo 2016): G = mean delta from the block's start, Δ = η Δ + ζ G,
+        W = W + Δ, and the next block starts at W + η Δ (Nesterov) or W.
+        """
         if not self.bmuf:
             self.anchor += mean
             return self.anchor
         self.velocity.mul_(self.block_momentum).add_(mean, alpha=self.block_lr)
-        self.anchor += self.velocity
-        return self.anchor + self.block_momentum * self.velocity if self.nesterov else self.anchor
+        self.block_w += self.velocity
+        self.anchor.copy_(self.block_w)
+        if self.nesterov:
+            self.anchor.add_(self.velocity, alpha=self.block_momentum)
+        return self.anchor
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
@@ -122,6 +132,19 @@ class LocalSGD(Algorithm):
         if self._pending is not None:
             self._merge(flatten(self.params))
 
+    @torch.no_grad()
+    def on_train_end(self, steps: int) -> None:
+        """Finish with one model: merge the averaging in flight, and average once more if
+        the last step was not an averaging step (local progress would stay on each rank)."""
+        self.drain()
+        if self.transport.world_size == 1 or steps == 0 or self.is_sync_step(steps - 1):
+            return
+        x = flatten(self.params)
+        mean, self.codec_state = reduce_mean(x - self.anchor, self.codec, self.codec_state,
+                                             self.transport)
+        unflatten_into(self._target(mean), self.params)
+        self.syncs += 1
+
     def at_eval(self, step: int) -> dict[str, Any]:
         self.drain()
         return {"syncs": self.syncs, "comm_hidden_seconds": self.hidden_seconds}
@@ -137,11 +160,13 @@ class LocalSGD(Algorithm):
 
     def state_dict(self) -> dict[str, Any]:
         self.drain()
-        return {"anchor": self.anchor.clone(), "velocity": self.velocity.clone(),
+        return {"anchor": self.anchor.clone(), "block_w": self.block_w.clone(),
+                "velocity": self.velocity.clone(),
                 "codec_state": self.codec_state, "syncs": self.syncs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.anchor.copy_(state["anchor"])
+        self.block_w.copy_(state["block_w"])
         self.velocity.copy_(state["velocity"])
         self.codec_state, self.syncs = state["codec_state"], int(state["syncs"])
 
