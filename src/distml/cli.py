@@ -263,7 +263,7 @@ def cmd_list(args) -> int:
             params = ", ".join(f"{k}={v!r}" if v is not __import__("inspect").Parameter.empty else k
                                for k, v in reg.parameters(name).items()
                                if k not in ("params", "input_shape", "num_classes", "task", "seed",
-                                            "optimizer", "total_steps"))
+                                            "optimizer", "total_steps", "codec", "worker_rank"))
             line = f"  {name:<20} {meta.get('summary', '')}"
             if params:
                 line += f"\n  {'':<20} params: {params}"
