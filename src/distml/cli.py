@@ -285,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("distml: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:       # `distml list | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -9,15 +9,6 @@ from distml.aggregate.admm import (admm_residuals, balance_rho, dual_update, pen
 from distml.aggregate.mean import partial_mean, weighted_mean
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: extra threads only contend on a shared 2-core machine (60x slower here)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 G = torch.Generator().manual_seed(0)
 
 

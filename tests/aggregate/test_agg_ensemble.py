@@ -11,15 +11,6 @@ from distml.aggregate.distill import distillation_loss, soft_targets
 from distml.aggregate.ensemble import Ensemble, average_probabilities, majority_vote
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: extra threads only contend on a shared 2-core machine (60x slower here)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 K, N, C = 5, 200, 4
 
 

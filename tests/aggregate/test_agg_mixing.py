@@ -11,15 +11,6 @@ from distml.comm.topology import (GRAPHS, build_graph, metropolis_hastings, seco
 from distml.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: extra threads only contend on a shared 2-core machine (60x slower here)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 N = 16
 ROUNDS = 300
 GRAPH_SPECS = ["ring", "torus", "complete", "exponential", {"name": "random", "degree": 3, "seed": 2}]
