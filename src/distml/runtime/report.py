@@ -119,6 +119,14 @@ def _bytes_axis(runs) -> None:
                 e["mb_sent_all"] = e["bytes_sent_rank0"] * workers / 1e6
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_runs(runs: list[dict[str, Any]], out: Path) -> list[Path]:
     """Write the report's PNGs into ``out``; returns their paths."""
     import matplotlib
@@ -136,11 +144,7 @@ def plot_runs(runs: list[dict[str, Any]], out: Path) -> list[Path]:
         _curves(axes[1], runs, "step", key, "steps", label)
         _curves(axes[2], runs, "mb_sent_all", key, "MB sent (all workers)", label)
         fig.suptitle(f"{label} vs time, steps and bytes")
-        fig.tight_layout()
-        path = out / f"{key}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / f"{key}.png"))
 
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * sum(len(r["summary"].get("per_rank", [])) for r in runs)), 4))
     labels, compute, comm, wait = [], [], [], []
@@ -159,11 +163,7 @@ def plot_runs(runs: list[dict[str, Any]], out: Path) -> list[Path]:
     ax.set_ylabel("seconds")
     ax.set_title("time per worker")
     ax.legend()
-    fig.tight_layout()
-    path = out / "time_breakdown.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out / "time_breakdown.png"))
 
     hist_runs = [r for r in runs if r["summary"].get("staleness_histogram")]
     if hist_runs:
@@ -175,11 +175,7 @@ def plot_runs(runs: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.set_xlabel("staleness (clocks)")
         ax.set_ylabel("pulls")
         ax.legend()
-        fig.tight_layout()
-        path = out / "staleness.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / "staleness.png"))
 
     cons_runs = [r for r in runs if any("consensus_distance" in e for evs in r["events"].values() for e in evs)]
     if cons_runs:
@@ -191,11 +187,7 @@ def plot_runs(runs: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.set_ylabel("consensus distance")
         ax.set_yscale("log")
         ax.legend()
-        fig.tight_layout()
-        path = out / "consensus.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / "consensus.png"))
     return written
 
 
