@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 MODELS_TO_RUN = ("mlp", "cnn")
+MODES = ("ddp", "distml", "distml_unplaced", "ddp_placed")
 WORLD = 2
 BATCH = 64
 LR, MOMENTUM = 0.01, 0.9
@@ -87,7 +88,7 @@ def worker(args) -> None:
     data = _batches(rank, n_total)
 
     timeout_s = 120.0
-    if args.mode == "ddp":
+    if args.mode.startswith("ddp"):
         import datetime
         from torch.nn.parallel import DistributedDataParallel as DDP
         store = dist.TCPStore("127.0.0.1", args.port, is_master=False,
@@ -95,12 +96,18 @@ def worker(args) -> None:
         dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD,
                                 timeout=datetime.timedelta(seconds=timeout_s))
         net = DDP(model)              # default settings: 25 MiB buckets, copies, no views
+        if args.mode == "ddp_placed":  # diagnostic: DDP with distml's gloo thread placement
+            from distml.comm.placement import place_gloo_threads
+            dist.barrier()
+            place_gloo_threads(rank)
         algo = transport = None
     else:
         from distml.algorithms.sync_sgd import SyncSGD
         from distml.comm.transport import Transport
         store = Transport.store_client("127.0.0.1", args.port, timeout_s)
         transport = Transport.connect(store, rank, WORLD, backend="gloo", timeout_s=timeout_s)
+        if args.mode == "distml":      # the worker's default, [comm] place_threads = "auto"
+            transport.place_threads(rank, WORLD)
         algo = SyncSGD()              # default settings
         algo.setup(model, opt, transport)
         net = model
@@ -260,7 +267,11 @@ def main(argv=None) -> int:
     ap.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rank", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--mode", choices=("ddp", "distml"), help=argparse.SUPPRESS)
+    ap.add_argument("--modes", default="ddp,distml",
+                    help="runs per repeat (the first is the baseline of the ratios); also "
+                         "distml_unplaced (distml without gloo thread placement) and "
+                         "ddp_placed (DDP with it), for diagnosis")
+    ap.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--params-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -272,6 +283,9 @@ def main(argv=None) -> int:
     steps = args.steps if args.steps is not None else (60 if args.quick else 400)
     warmup = min(args.warmup, 5) if args.quick else args.warmup
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if len(modes) < 2 or set(modes) - set(MODES) or modes[0] != "ddp":
+        ap.error(f"--modes: 'ddp' first, then any of {', '.join(MODES[1:])}")
     if repeats < 1 or steps < 1 or warmup < 0:
         ap.error("--repeats and --steps must be >= 1, --warmup >= 0")
 
@@ -288,7 +302,7 @@ def main(argv=None) -> int:
         for r in range(repeats):
             for model in models:
                 finals = {}
-                for mode in ("ddp", "distml"):
+                for mode in modes:
                     out = os.path.join(tmp, f"{mode}_{model}.pt")
                     with Run(mode, model, warmup, steps, out, tmp, args.timeout) as run:
                         res = run.results()
@@ -296,11 +310,12 @@ def main(argv=None) -> int:
                     rss = max(x["maxrss_kb"] for x in res) / 1024
                     rows.setdefault((model, mode), []).append({"steps_per_s": sps, "rss_mb": rss})
                     finals[mode] = torch.load(out, weights_only=True)
-                    print(f"repeat {r + 1}/{repeats} {model:4s} {mode:6s} "
+                    print(f"repeat {r + 1}/{repeats} {model:4s} {mode:15s} "
                           f"{sps:8.1f} steps/s  peak RSS {rss:7.1f} MB", file=sys.stderr, flush=True)
-                a, b = finals["ddp"], finals["distml"]
-                diffs.setdefault(model, []).append(
-                    ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item())
+                a = finals["ddp"]
+                diffs.setdefault(model, []).append(max(
+                    ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item()
+                    for b in finals.values()))
     except KeyboardInterrupt:
         print("interrupted: workers stopped", file=sys.stderr)
         return 130
@@ -312,6 +327,8 @@ def main(argv=None) -> int:
 
     summary: dict = {"bench": "vs_ddp"}
     for model in models:
+        if (model, "distml") not in rows:
+            continue
         ddp, ours = rows[(model, "ddp")], rows[(model, "distml")]
         per_rep = [o["steps_per_s"] / d["steps_per_s"] for d, o in zip(ddp, ours)]
         d_sps, o_sps = _median([d["steps_per_s"] for d in ddp]), _median([o["steps_per_s"] for o in ours])
@@ -327,7 +344,13 @@ def main(argv=None) -> int:
             f"{model}_distml_rss_mb": round(o_rss, 1),
             f"{model}_param_diff": float(f"{max(diffs[model]):.2e}"),
         })
-    summary.update({"repeats": repeats, "steps": steps, "warmup": warmup, "batch": BATCH,
+    for model in models:
+        for mode in modes[1:]:
+            if mode != "distml":
+                d, o = rows[(model, "ddp")], rows[(model, mode)]
+                summary[f"{model}_{mode}_ratio"] = round(
+                    _median([x["steps_per_s"] for x in o]) / _median([x["steps_per_s"] for x in d]), 3)
+    summary.update({"repeats": repeats, "modes": modes, "steps": steps, "warmup": warmup, "batch": BATCH,
                     "workers": WORLD, "threads_per_worker": 1, "backend": "gloo",
                     "quick": bool(args.quick)})
     print(json.dumps(summary), flush=True)

@@ -19,7 +19,7 @@ from typing import Any
 from distml.config import RunConfig, load_config, parse_config
 from distml.errors import ConfigError
 from distml.runtime.build import UserParts, make_plan, registries
-from distml.runtime.launcher import launch_local
+from distml.runtime.launcher import launch_local, launch_local_restarting
 from distml.runtime.rundir import prepare_run_dir, write_config
 from distml.runtime.worker import WorkerJob, read_summary
 from distml.runtime.wrap import DistributedOptimizer, init, wrap  # noqa: F401  (public API)
@@ -70,8 +70,8 @@ def plan(config=None, *, overrides: list[str] | None = None, model=None, train_d
 
 def run(config=None, *, overrides: list[str] | None = None, workers: int | None = None,
         out: str | os.PathLike | None = None, resume: bool = False, stop_after: int | None = None,
-        model=None, train_data=None, test_data=None, loss=None, task: str | None = None,
-        runs_root: str | os.PathLike = "runs") -> dict[str, Any] | None:
+        max_restarts: int = 0, model=None, train_data=None, test_data=None, loss=None,
+        task: str | None = None, runs_root: str | os.PathLike = "runs") -> dict[str, Any] | None:
     """Train with local worker processes on 127.0.0.1 and return ``summary.json``'s content.
 
     Args:
@@ -81,6 +81,8 @@ def run(config=None, *, overrides: list[str] | None = None, workers: int | None 
         out: the run folder (default ``runs/<name>``).
         resume: continue from the run folder's latest checkpoint.
         stop_after: stop after this many steps with a checkpoint (resume later).
+        max_restarts: after a worker fails, stop the group and start it again from the
+            latest committed checkpoint, up to this many times (``summary["restarts"]``).
         model: an ``nn.Module`` or ``(input_shape, num_classes) -> nn.Module``.
         train_data, test_data: ``torch.utils.data.Dataset`` of ``(x, y)`` pairs.
         loss: ``(output, target) -> loss``; default from the task.
@@ -95,6 +97,8 @@ def run(config=None, *, overrides: list[str] | None = None, workers: int | None 
     """
     if workers is not None:
         overrides = [*(overrides or []), f"workers={int(workers)}"]
+    if int(max_restarts) != max_restarts or max_restarts < 0:
+        raise ConfigError(f"max_restarts must be an integer >= 0, got {max_restarts}")
     cfg = _as_config(config, overrides)
     user = _user_parts(model, train_data, test_data, loss, task)
     resolved = make_plan(cfg, user)  # every name, parameter and data file checked here
@@ -102,11 +106,25 @@ def run(config=None, *, overrides: list[str] | None = None, workers: int | None 
     write_config(run_dir, cfg.to_dict())
     job = WorkerJob(config=cfg.to_dict(), out_dir=str(run_dir), resume=resume,
                     stop_after=stop_after, user=user, registrations=_user_registrations())
-    launch_local(job, resolved["processes"], cfg.comm.timeout_s)
+    if max_restarts:
+        launch_local_restarting(job, resolved["processes"], cfg.comm.timeout_s, int(max_restarts),
+                                why_no_checkpoint=_why_no_checkpoint(cfg))
+    else:
+        launch_local(job, resolved["processes"], cfg.comm.timeout_s)
     summary = read_summary(run_dir)
     if summary is not None:
         summary["run_dir"] = str(run_dir)
     return summary
+
+
+def _why_no_checkpoint(cfg: RunConfig) -> str | None:
+    """Why a restart of this run would start over from step 0, if it always would."""
+    algo = registries()["algorithm"].get(cfg.algorithm.name)
+    if not getattr(algo, "mid_run_checkpoints", True):
+        return f"{cfg.algorithm.name} writes no mid-run checkpoints"
+    if not cfg.train.checkpoint_every:
+        return "train.checkpoint_every = 0"
+    return None
 
 
 def _user_registrations() -> list[tuple[str, str, Any, dict]]:

@@ -18,9 +18,27 @@ from distml.errors import UserError
 EXIT_USER = 2
 
 
+def one_line(text: str) -> str:
+    """An error message as one printable line: a key or value copied from the input may hold
+    newlines or other control characters, which are shown escaped instead."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in str(text))
+
+
+def _error(text: str) -> None:
+    print(f"distml: error: {one_line(text)}", file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with distml's one-line errors (exit code 2) instead of a usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER, f"distml: error: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="distml", description="Distributed machine learning, "
-                                "every strategy on the menu.")
+    p = _Parser(prog="distml", description="Distributed machine learning, "
+                "every strategy on the menu.")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train from a TOML config (local workers, or under torchrun)")
@@ -32,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     r.add_argument("--stop-after", type=int, metavar="STEPS",
                    help="stop after STEPS steps with a checkpoint (continue later with --resume)")
+    r.add_argument("--max-restarts", type=int, default=0, metavar="N",
+                   help="after a worker fails, restart all workers from the latest checkpoint, up "
+                        "to N times (under torchrun, give --max-restarts to torchrun instead)")
     r.add_argument("--dry-run", action="store_true", help="validate and print the plan; no training")
     r.add_argument("--json", action="store_true", help="print the plan or summary as JSON")
 
@@ -63,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--latency", default="20us", help="per-message latency, e.g. 20us, 1ms")
     sm.add_argument("--servers", type=int, default=1, help="parameter servers in the PS projection")
     sm.add_argument("--degree", type=int, default=2, help="gossip graph degree")
+    sm.add_argument("--efficiency", type=float, default=None,
+                    help="TCP payload bytes per link byte (default 0.936: 1500-byte MTU, duplex ACKs; 1 = raw rate)")
+    sm.add_argument("--sw-latency", default="auto",
+                    help="software seconds per message hop: auto (calibrated from the profile) or e.g. 0, 2ms")
     sm.add_argument("--json", action="store_true")
 
     li = sub.add_parser("list", help="list registered models, optimizers, sources, algorithms, ...")
@@ -98,7 +123,12 @@ def cmd_run(args) -> int:
     else:
         cfg = load_config(config_path, overrides)
 
+    if args.max_restarts < 0:
+        raise UserError(f"--max-restarts must be >= 0, got {args.max_restarts}")
     if _under_torchrun():
+        if args.max_restarts:
+            raise UserError("under torchrun, pass --max-restarts to torchrun (its agent restarts "
+                            "the workers, which continue from the latest checkpoint)")
         from distml.runtime.worker import WorkerJob, torchrun_main
         out = Path(args.out) if args.out else Path("runs") / cfg.name
         return torchrun_main(WorkerJob(config=cfg.to_dict(), out_dir=str(out), resume=args.resume,
@@ -109,9 +139,10 @@ def cmd_run(args) -> int:
         print(json.dumps(plan, indent=2, default=str) if args.json else _format_plan(plan))
         return 0
     try:
-        summary = api.run(cfg, out=args.out, resume=args.resume, stop_after=args.stop_after)
+        summary = api.run(cfg, out=args.out, resume=args.resume, stop_after=args.stop_after,
+                          max_restarts=args.max_restarts)
     except LaunchFailed as e:
-        print(f"distml: error: rank {e.first.rank}: {e.first.line}", file=sys.stderr)
+        _error(f"rank {e.first.rank}: {e.first.line}")
         others = [x for x in e.exits if x.rank != e.first.rank]
         if others:
             print(f"distml: ({len(others)} other rank(s) stopped after it)", file=sys.stderr)
@@ -199,7 +230,7 @@ def cmd_compare(args) -> int:
     try:
         result = api.compare(args.configs, args.vary, args.repeat, args.out, args.overrides)
     except LaunchFailed as e:
-        print(f"distml: error: rank {e.first.rank}: {e.first.line}", file=sys.stderr)
+        _error(f"rank {e.first.rank}: {e.first.line}")
         return EXIT_USER if e.user_error else 1
     from distml.runtime.report import terminal_table
     print(terminal_table(result["rows"]))
@@ -218,25 +249,32 @@ def cmd_report(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from distml.runtime.simulate import parse_bandwidth, parse_latency, profile, project
+    from distml.runtime.simulate import (parse_bandwidth, parse_latency, profile, project,
+                                         software_alpha, wire_efficiency)
     try:
         workers = [int(w) for w in args.workers.split(",")]
     except ValueError:
         raise UserError(f"--workers must be comma-separated integers, got {args.workers!r}") from None
     if any(w < 1 for w in workers) or args.servers < 1 or args.degree < 1:
         raise UserError("--workers, --servers and --degree must be >= 1")
+    if args.efficiency is not None and not 0 < args.efficiency <= 1:
+        raise UserError(f"--efficiency must be in (0, 1], got {args.efficiency}")
     prof = profile(Path(args.profile))
+    alpha_sw = software_alpha(prof) if args.sw_latency == "auto" else parse_latency(args.sw_latency)
+    eff = wire_efficiency() if args.efficiency is None else args.efficiency
     rows = project(prof, workers, parse_bandwidth(args.bandwidth), parse_latency(args.latency),
-                   args.servers, args.degree)
+                   args.servers, args.degree, efficiency=eff, alpha_sw=alpha_sw)
     if args.json:
-        print(json.dumps({"profile": prof, "projection": rows}, indent=2))
+        print(json.dumps({"profile": prof, "efficiency": eff, "alpha_sw": alpha_sw,
+                          "projection": rows}, indent=2))
         return 0
     from io import StringIO
 
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"{prof['algorithm']}: {prof['compute_per_step'] * 1e3:.2f} ms compute/step, "
-                    f"{prof['bytes_per_step'] / 1e6:.3f} MB/step/worker; {args.bandwidth}, {args.latency}")
+                    f"{prof['bytes_per_step'] / 1e6:.3f} MB/step/worker; {args.bandwidth} × {eff:.3f} goodput, "
+                    f"{args.latency} + {alpha_sw * 1e3:.2f} ms software per hop")
     for h in ("workers", "payload", "topology", "MB/step", "step ms", "worker-steps/s", "efficiency"):
         t.add_column(h, justify="left" if h in ("payload", "topology") else "right")
     for r in rows:
@@ -280,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except UserError as e:
-        print(f"distml: error: {e}", file=sys.stderr)
+        _error(str(e))
         return EXIT_USER
     except KeyboardInterrupt:
         print("distml: interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ valid ones.
 from __future__ import annotations
 
 import copy
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,8 @@ Spec = str | dict[str, Any]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan pass `gt=0` checks (inf epochs, an inf timeout or latency would hang a run)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class _SpecSection(BaseModel):
@@ -77,10 +79,13 @@ class AlgorithmConfig(_SpecSection):
 
 class CommConfig(_Section):
     backend: Literal["auto", "gloo", "nccl"] = "auto"
-    timeout_s: float = Field(60.0, gt=0)
+    timeout_s: float = Field(60.0, gt=0, le=604800)       # at most a week
     codec: list[Spec] = Field(default_factory=list)
     error_feedback: bool = False
-    latency_ms: float = Field(0.0, ge=0)
+    latency_ms: float = Field(0.0, ge=0, le=60000)       # injected per message
+    # "auto": pin gloo's event-loop and work threads to different CPUs when every local
+    # rank can have a CPU (distml.comm.placement); "off": leave them to the OS
+    place_threads: Literal["auto", "off"] = "auto"
 
     @field_validator("codec", mode="before")
     @classmethod
@@ -131,7 +136,7 @@ class FaultsConfig(_Section):
 
 class RunConfig(_Section):
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)       # torch and numpy seeds are derived from it
     workers: int = Field(2, ge=1, le=1024)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -185,10 +190,22 @@ def parse_config(data: dict[str, Any], where: str = "config") -> RunConfig:
     Raises:
         ConfigError: with one line naming the key, the problem and the valid choices.
     """
+    _check_finite(data, where)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, where)) from None
+
+
+def _check_finite(node: Any, where: str, path: str = "") -> None:
+    """Refuse inf/nan anywhere: the config travels to workers as JSON, which has neither
+    (a parameter's inf would arrive as null), and no distml setting means anything there."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{where}: {path or '(top level)'}: must be a finite number, got {node}")
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        _check_finite(value, where, f"{path}.{key}" if path and isinstance(key, str)
+                      else f"{path}[{key}]" if path else str(key))
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -94,8 +94,9 @@ class Registry:
                 they are passed only if the factory accepts them.
 
         Raises:
-            ConfigError: unknown name, unknown parameter, missing parameter, or a value
-                the factory rejects (its ``ValueError`` message is kept).
+            ConfigError: unknown name, unknown parameter, missing parameter, a value
+                the factory rejects (its ``ValueError`` message is kept), or sizes too
+                large to allocate.
         """
         name, params = split_spec(spec, self.kind)
         factory = self.get(name)
@@ -120,8 +121,14 @@ class Registry:
             return factory(**kwargs, **params)
         except ConfigError:
             raise
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, OverflowError) as e:
             raise ConfigError(f"{self.kind} '{name}': {e}") from e
+        except (MemoryError, RuntimeError) as e:
+            # sizes too large to allocate (torch reports a failed CPU allocation as a RuntimeError)
+            if isinstance(e, RuntimeError) and "allocate" not in str(e):
+                raise
+            raise ConfigError(f"{self.kind} '{name}' does not fit in memory with "
+                              f"{params or 'its defaults'}; choose smaller sizes") from e
 
 
 def _takes_var_keyword(factory: Callable[..., Any]) -> bool:

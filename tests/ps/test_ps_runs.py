@@ -100,7 +100,14 @@ def test_bsp_ps_equals_sync_sgd(bsp_runs):
     assert s["ps"]["staleness_max"] == 0 and s["ps"]["pushes_applied"] == [2 * STEPS]
     assert len(s["per_rank"]) == 2 and all(r["role"] == "worker" for r in s["per_rank"])
     assert s["per_rank"][0]["staleness_hist"] == {"0": STEPS}
+    assert s["staleness_histogram"] == {"0": 2 * STEPS}      # both workers' pulls
     assert s["bytes_sent"] > 0 and s["test_accuracy"] > 0.5
+
+
+def test_report_plots_the_staleness_histogram(bsp_runs, tmp_path):
+    res = run_cli("report", str(bsp_runs["ps1"]), "--out", str(tmp_path / "rep"), timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "rep" / "staleness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_two_servers_give_the_same_model_as_one(bsp_runs):
@@ -177,7 +184,8 @@ def test_plan_counts_servers_and_refuses_what_does_not_compose():
            ({"algorithm": {"name": "ps", "quorum": 4}}, r"quorum must be in \[1, 3\]"),
            ({"algorithm": {"name": "ps", "pace": "bulk"}}, "unknown pace 'bulk'; registered: asp, bsp, ssp"),
            ({"optim": {"name": "lbfgs"}, "algorithm": {"name": "ps"}}, "cannot run on a parameter server"),
-           ({"algorithm": {"name": "ps"}, "comm": {"codec": "fp16"}}, "comm.codec"),
+           ({"algorithm": {"name": "ps"}, "comm": {"codec": "powersgd"}},
+            "takes a Compressor, not the multi-round Reducer"),
            ({"algorithm": {"name": "ps"}, "train": {"stop_at_target": True, "checkpoint_every": 5}},
             "do not compose"),
            ({"algorithm": {"name": "ps"}, "faults": {"straggler": {"ranks": [3]}}},

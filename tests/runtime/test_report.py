@@ -59,12 +59,23 @@ def test_compare_then_report(tmp_path):
     assert sim.returncode == 0, sim.stderr
     out_sim = json.loads(sim.stdout)
     s = json.loads((runs[0] / "summary.json").read_text())
-    m = s["bytes_sent"] / s["workers"] / s["steps"]
-    ring16 = next(r for r in out_sim["projection"]
-                  if r["workers"] == 16 and r["topology"] == "ring_allreduce")
-    expected = 2 * 15 / 16 * m / 125e6 + 2 * 15 * 1e-3      # 2(N-1)/N·M/B + 2(N-1)·α
+    # per-step traffic: the all-reduces, without rank 0's one-off broadcast of the model
+    ar = out_sim["profile"]["ops"]["all_reduce"]
+    sent = sum(pr["ops"]["all_reduce"]["bytes_sent"] for pr in s["per_rank"])
+    assert ar["bytes"] == pytest.approx(sent / s["workers"] / s["steps"])
+    eff, a_sw = out_sim["efficiency"], out_sim["alpha_sw"]
+    assert eff == pytest.approx(1448 / 1547) and a_sw >= 0
+    ring16 = next(r for r in out_sim["projection"] if r["workers"] == 16
+                  and r["topology"] == "ring_allreduce" and r["payload"] == "run")
+    # 2(N-1)/N·M/(η·B) + calls·2(N-1)·(α_net + α_sw)
+    expected = 2 * 15 / 16 * ar["bytes"] / (eff * 125e6) + ar["calls"] * 2 * 15 * (1e-3 + a_sw)
     assert ring16["comm_seconds"] == pytest.approx(expected)
     assert ring16["step_seconds"] == pytest.approx(expected + s["compute_seconds"] / s["steps"])
+    plain = distml("simulate", "--profile", str(runs[0]), "--workers", "16", "--bandwidth", "1Gbit",
+                   "--latency", "1ms", "--efficiency", "1", "--sw-latency", "0", "--json", timeout=60)
+    ring = next(r for r in json.loads(plain.stdout)["projection"] if r["topology"] == "ring_allreduce")
+    assert ring["comm_seconds"] == pytest.approx(2 * 15 / 16 * ar["bytes"] / 125e6
+                                                 + ar["calls"] * 2 * 15 * 1e-3)
 
     again = distml("report", *map(str, runs), "--out", str(tmp_path / "rep"), timeout=60)
     assert again.returncode == 0, again.stderr
@@ -93,3 +104,19 @@ def test_list_matches_the_registry():
     expected = {k: set(v) for k, v in json.loads(fresh.stdout).items()}
     assert listed == expected
     assert expected["algorithm"] >= {"sync_sgd", "local_sgd", "ps", "gossip"}
+
+
+def test_consensus_plot_reads_the_evaluation_points(tmp_path):
+    """gossip logs consensus_distance in eval.jsonl; the report plots it from there."""
+    from distml.runtime.report import make_report
+    run_dir = tmp_path / "gossip"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps(
+        {"algorithm": "gossip", "workers": 4, "steps": 100, "test_accuracy": 0.8,
+         "bytes_sent": 1000, "compute_seconds": 1.0, "comm_seconds": 0.5, "per_rank": []}))
+    (run_dir / "eval.jsonl").write_text("".join(
+        json.dumps({"step": s, "wall_seconds": s / 10, "test_accuracy": 0.5, "test_loss": 1.0,
+                    "consensus_distance": d}) + "\n" for s, d in ((0, 0.0), (50, 0.3), (100, 0.2))))
+    result = make_report([run_dir], tmp_path / "rep")
+    assert _is_png(tmp_path / "rep" / "consensus.png")
+    assert any(str(p).endswith("consensus.png") for p in result["plots"])

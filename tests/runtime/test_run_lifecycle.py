@@ -123,7 +123,8 @@ def test_killed_worker_stops_the_run_within_timeout(tmp_path):
     cfg = small(tmp_path, steps=100000, ckpt=0)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "distml", "run", str(cfg), "--out", str(out),
-           "--set", "comm.timeout_s=10", "--set", "train.log_every=1"]
+           "--set", "comm.timeout_s=10", "--set", "train.log_every=1",
+           "--set", "train.epochs=1000"]     # still training when the kill comes
     with session(cmd) as p:
         pid = _pid_of_rank(out, 1)
         t0 = time.monotonic()
@@ -133,6 +134,9 @@ def test_killed_worker_stops_the_run_within_timeout(tmp_path):
         assert p.returncode == 1
         assert "rank 1" in err and "SIGKILL" in err, err
         assert elapsed < 10 + 15
+        # the survivor noticed by itself and names the dead rank (tests/faults: ps, gossip)
+        log0 = (out / "logs" / "rank0.log").read_text()
+        assert "dead peer: rank 1 killed by SIGKILL" in log0, log0[-2000:]
         deadline = time.monotonic() + 10
         while group_alive(p.pid) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -8,8 +8,9 @@ local optimizer over ``local_steps`` loop steps (the proximal term enters throug
 model's subproblem), then ``z = ρ/(ρ+l2) · mean(x_i + u_i)`` by one all-reduce and
 ``u_i += x_i − z``. ``f_i`` is worker i's mean loss, so the objective is the mean of
 the workers' mean losses (the global mean loss for equal shards, as shuffle_split gives)
-plus ``l2/2 ‖w‖²`` on the weights. The consensus z is the run's model. The asynchronous
-variant (partial, bounded-delay z-updates) needs the parameter server and is not here.
+plus ``l2/2 ‖w‖²`` on the weights. The consensus z is the run's model. A worker's half
+(x_i, u_i, the z it last saw, the proximal term) is :class:`LocalADMM`, shared with the
+asynchronous variant on the parameter server (``admm_async.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,72 @@ from distml.aggregate.admm import admm_residuals, balance_rho, dual_update, pena
 from distml.algorithms import ALGORITHMS
 from distml.algorithms.base import Algorithm
 from distml.comm.buckets import broadcast_module, flatten, unflatten_into
+
+
+class LocalADMM:
+    """Worker i's half of consensus ADMM (Boyd et al. 2011, §7.1, scaled form).
+
+    Holds the consensus z this worker last saw and its scaled dual u_i; the local optimizer
+    minimizes ``f_i(x) + ρ/2‖x − z + u_i‖²`` through :meth:`proximal_term` (added in the
+    ``loss_terms`` hook), warm-started from its own x_i. Used by ``admm`` (z by all-reduce)
+    and ``admm_async`` (z from a parameter server).
+
+    Args:
+        model: the worker's model; its trainable parameters are x_i, and z starts at them.
+        penalize_bias: the L2 term applies to biases too (see :func:`penalty_mask`).
+    """
+
+    def __init__(self, model: nn.Module, penalize_bias: bool = False):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self.mask = penalty_mask([(n, p.numel()) for n, p in named], penalize_bias)
+        self.z = flatten(self.params).clone()
+        self.u = torch.zeros_like(self.z)
+        self._consensus = copy.deepcopy(model)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute the proximal centre z − u_i (call after changing z or u)."""
+        # as views shaped like each parameter
+        self._centre = self.z - self.u
+        self._targets, offset = [], 0
+        for p in self.params:
+            self._targets.append(self._centre[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+    def x(self) -> torch.Tensor:
+        """x_i, flattened (a copy)."""
+        return flatten(self.params)
+
+    def proximal_term(self, rho: float) -> torch.Tensor:
+        """``ρ/2‖x − z + u_i‖²`` on the live parameters (differentiable)."""
+        return 0.5 * rho * sum((p - t).pow(2).sum() for p, t in zip(self.params, self._targets))
+
+    def accept(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Take the new consensus ``z`` and run the dual ascent ``u_i += x_i − z``, where ``x``
+        is the x_i that went into it; returns the previous z."""
+        z_prev, self.z = self.z, z
+        dual_update(self.u, x, z)
+        self.refresh()
+        return z_prev
+
+    def rescale(self, rho_old: float, rho_new: float) -> None:
+        """The scaled dual after ρ changes: ``u ← u · ρ_old/ρ_new``."""
+        self.u.mul_(rho_old / rho_new)
+        self.refresh()
+
+    def consensus_model(self, z: torch.Tensor | None = None) -> nn.Module:
+        """A copy of the model carrying ``z`` (default: the z this worker last saw)."""
+        unflatten_into(self.z if z is None else z,
+                       [p for p in self._consensus.parameters() if p.requires_grad])
+        return self._consensus
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"z": self.z, "u": self.u}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.z, self.u = state["z"].clone(), state["u"].clone()
+        self.refresh()
 
 
 @ALGORITHMS.register("admm", topology="collective", pace="bsp",
@@ -69,50 +136,40 @@ class ConsensusADMM(Algorithm):
     def setup(self, model: nn.Module, optimizer, transport) -> None:
         super().setup(model, optimizer, transport)
         broadcast_module(model, transport)
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.params = [p for _, p in named]
-        self.mask = penalty_mask([(n, p.numel()) for n, p in named], self.penalize_bias)
-        self.z = flatten(self.params).clone()
-        self.u = torch.zeros_like(self.z)
-        self._consensus = copy.deepcopy(model)
-        self._refresh_targets()
+        self.local = LocalADMM(model, self.penalize_bias)
 
-    def _refresh_targets(self) -> None:
-        # the proximal centre z − u_i, as views shaped like each parameter
-        self._centre = self.z - self.u
-        self._targets, offset = [], 0
-        for p in self.params:
-            self._targets.append(self._centre[offset:offset + p.numel()].view_as(p))
-            offset += p.numel()
+    @property
+    def z(self) -> torch.Tensor:
+        return self.local.z
+
+    @property
+    def u(self) -> torch.Tensor:
+        return self.local.u
 
     def loss_terms(self, model: nn.Module) -> torch.Tensor | None:
-        return 0.5 * self.rho * sum((p - t).pow(2).sum() for p, t in zip(self.params, self._targets))
+        return self.local.proximal_term(self.rho)
 
     def after_step(self, step: int) -> None:
         if (step + 1) % self.local_steps:
             return
-        t = self.transport
-        x = flatten(self.params)
-        mean = t.all_reduce(x + self.u, op="avg")
-        z_prev = self.z
-        self.z = z_update(mean, self.rho, self.l2, self.mask)
-        dual_update(self.u, x, self.z)
-        sq = t.all_reduce(torch.tensor([float((x - self.z).pow(2).sum())], dtype=torch.float64),
+        t, local = self.transport, self.local
+        x = local.x()
+        mean = t.all_reduce(x + local.u, op="avg")
+        z_prev = local.accept(z_update(mean, self.rho, self.l2, local.mask), x)
+        sq = t.all_reduce(torch.tensor([float((x - local.z).pow(2).sum())], dtype=torch.float64),
                           op="sum")
         self.primal_residual, self.dual_residual = admm_residuals(
-            float(sq[0]), self.z, z_prev, self.rho, t.world_size)
+            float(sq[0]), local.z, z_prev, self.rho, t.world_size)
         if self.adaptive_rho:   # every rank sees the same residuals, so ρ stays equal
             new = balance_rho(self.rho, self.primal_residual, self.dual_residual, self.mu, self.tau)
-            self.u.mul_(self.rho / new)
+            local.rescale(self.rho, new)
             self.rho = new
         self.round += 1
-        self._refresh_targets()
         if self.reset_optimizer:
             self.optimizer.state.clear()
 
     def eval_model(self) -> nn.Module:
-        unflatten_into(self.z, [p for p in self._consensus.parameters() if p.requires_grad])
-        return self._consensus
+        return self.local.consensus_model()
 
     def at_eval(self, step: int) -> dict[str, Any]:
         return {"admm_round": self.round, "rho": self.rho,
@@ -123,11 +180,10 @@ class ConsensusADMM(Algorithm):
                 "local_steps": self.local_steps, "adaptive_rho": self.adaptive_rho}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"z": self.z, "u": self.u, "rho": self.rho, "round": self.round,
+        return {**self.local.state_dict(), "rho": self.rho, "round": self.round,
                 "primal_residual": self.primal_residual, "dual_residual": self.dual_residual}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.z, self.u = state["z"].clone(), state["u"].clone()
+        self.local.load_state_dict(state)
         self.rho, self.round = float(state["rho"]), int(state["round"])
         self.primal_residual, self.dual_residual = state["primal_residual"], state["dual_residual"]
-        self._refresh_targets()

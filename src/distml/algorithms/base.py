@@ -22,6 +22,9 @@ class Algorithm:
     """
 
     owns_loop = False
+    #: a run can resume from a checkpoint taken mid-run (``--resume``, ``--max-restarts``);
+    #: algorithms that drive their own steps (``TrainLoop.run_steps``) start over instead
+    mid_run_checkpoints = True
     #: rank 0 evaluates while the others wait at a barrier (collective algorithms).
     synchronous_eval = True
 

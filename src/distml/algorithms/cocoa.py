@@ -71,6 +71,7 @@ class CoCoA(Algorithm):
     """
 
     owns_loop = True
+    mid_run_checkpoints = False     # run_steps: a restart starts over from step 0
 
     def __init__(self, lam: float = 1e-3, local_steps: int | None = None, variant: str = "cocoa+",
                  loss: str = "auto", gap_tol: float = 1e-6, rounds: int | None = None):

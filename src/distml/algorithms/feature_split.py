@@ -49,6 +49,7 @@ class FeatureSplitLinear(Algorithm):
     """
 
     owns_loop = True
+    mid_run_checkpoints = False     # run_steps: a restart starts over from step 0
 
     def __init__(self, chunk_rows: int = 4096):
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:

@@ -49,6 +49,7 @@ class Hogwild(Algorithm):
     """
 
     owns_loop = True
+    mid_run_checkpoints = False     # run_steps: a restart starts over from step 0
     synchronous_eval = False
 
     def __init__(self, lock: bool = False):

@@ -115,6 +115,7 @@ class Pipeline(Algorithm):
     """
 
     owns_loop = True
+    mid_run_checkpoints = False     # run_steps: a restart starts over from step 0
 
     def __init__(self, schedule: str = "gpipe", microbatches: int = 4, balance: str = "params"):
         if schedule not in SCHEDULES:

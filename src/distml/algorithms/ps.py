@@ -9,7 +9,10 @@ Ranks ``0 … workers−1`` train (rank 0 evaluates), ranks ``workers … worker
 each serve one key range of the flat parameter vector (DESIGN.md §4). The server loop
 (``comm/ps``) knows only messages, clocks and the pace; the update rule is injected
 here: the configured optimizer stepping on the shard (gradient pushes) or averaging
-(model-delta pushes).
+(model-delta pushes). With ``[comm] codec`` (any Compressor) each shard of a push is
+compressed on the worker (error feedback's residual stays there) and decoded on the
+server. Subclasses change the rule (``_server_rule``) and the round policy
+(``max_delay``), e.g. asynchronous ADMM (``admm_async.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from distml.algorithms import ALGORITHMS
 from distml.algorithms.base import Algorithm
 from distml.comm.buckets import Bucket, flatten, unflatten_into
 from distml.comm.pace import make_pace
-from distml.comm.ps import PSClient, ServerLoop, shard_bounds
+from distml.comm.ps import PSClient, PushDecoder, PushEncoder, ServerLoop, shard_bounds
 from distml.errors import ConfigError
 from distml.optim import needs_closure
 from distml.registry import split_spec
@@ -81,6 +84,7 @@ class _DeltaRule:
 
 
 @ALGORITHMS.register("ps", topology="parameter server", pace="bsp | asp | ssp | quorum",
+                     codecs="compressor",
                      paper="Dean et al. 2012; Li et al. 2014; Ho et al. 2013; Chen et al. 2016",
                      summary="Parameter server: push gradients/deltas, pull parameters, BSP/ASP/SSP pace")
 class ParameterServer(Algorithm):
@@ -96,6 +100,7 @@ class ParameterServer(Algorithm):
             taking local optimizer steps, in between).
         quorum: backup workers: a round closes on the first ``quorum`` pushes; later
             pushes for it are dropped and counted. Needs the bsp pace.
+        codec: set by distml from ``[comm] codec``: a Compressor applied to every push.
 
     Raises:
         ValueError: a value out of range (the valid range is named).
@@ -103,9 +108,12 @@ class ParameterServer(Algorithm):
 
     owns_loop = True
     synchronous_eval = False       # the pace, not an evaluation barrier, keeps workers in step
+    #: bounded delay of the server's rounds (late pushes join the open round); None drops them
+    max_delay: int | None = None
 
     def __init__(self, servers: int = 1, pace: str | dict = "bsp", push: str = "gradients",
-                 push_every: int = 1, pull_every: int = 1, quorum: int | None = None):
+                 push_every: int = 1, pull_every: int = 1, quorum: int | None = None,
+                 codec=None):
         for name, v in (("servers", servers), ("push_every", push_every), ("pull_every", pull_every)):
             if int(v) != v or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v}")
@@ -119,6 +127,7 @@ class ParameterServer(Algorithm):
         if quorum is not None and not self.pace.synchronous:
             raise ValueError(f"quorum (backup workers) needs pace = 'bsp', got {self.pace.name!r}")
         self.quorum = None if quorum is None else int(quorum)
+        self.codec = codec
         self._push_h = None
         self._finished = False
         self._stop_seen = False
@@ -132,11 +141,8 @@ class ParameterServer(Algorithm):
 
     def check_config(self, config) -> None:
         """Refuse what does not compose with a parameter server (called when building)."""
-        if config.comm.codec:
-            raise ConfigError("comm.codec is not applied to parameter-server pushes in this version; "
-                              "remove comm.codec (codecs compose with sync_sgd)")
         optim = split_spec(config.optim.spec(), "optimizer")[0]
-        if needs_closure(optim):
+        if self.push_kind == "gradients" and needs_closure(optim):   # the server runs it
             raise ConfigError(f"optimizer {optim!r} re-evaluates the loss inside its step and cannot "
                               "run on a parameter server; use sgd, momentum, adam, ...")
         if config.train.stop_at_target and config.train.checkpoint_every:
@@ -168,12 +174,14 @@ class ParameterServer(Algorithm):
             raise ConfigError(f"algorithm.{e}") from None
         if self.is_server:
             return
+        flat = flatten(self.params)
+        encoder = None if self.codec is None else PushEncoder(self.codec, self.bounds, flat)
         self.client = PSClient(self._ps_t, list(range(self.workers, transport.world_size)),
-                               self.bounds)
+                               self.bounds, encoder=encoder)
         self.bucket = Bucket(self.params)
         self.flat = torch.empty_like(self.bucket.buffer)
         self.acc = torch.zeros_like(self.flat)
-        self.ref = flatten(self.params) if self.push_kind == "deltas" else None
+        self.ref = flat if self.push_kind == "deltas" else None
 
     # ---- worker hooks ---------------------------------------------------------------------
     def _pulls_at(self, step: int) -> bool:
@@ -225,15 +233,20 @@ class ParameterServer(Algorithm):
             self._pull()
 
     def _pull(self) -> None:
-        res = self.client.pull(self.flat, self.clock).wait()
+        self._fetch()
         unflatten_into(self.flat, self.params)
         if self.ref is not None:
             self.ref = self.flat.clone()
+
+    def _fetch(self):
+        """Pull the servers' parameters into ``self.flat`` (the pace decides when)."""
+        res = self.client.pull(self.flat, self.clock).wait()
         if self.pace.synchronous:               # a backup worker that fell behind jumps ahead
             self.clock = max(self.clock, res.clock)
         self.stale[res.staleness] += 1
         self.held_seconds += res.held_seconds
         self._stop_seen = self._stop_seen or res.stop
+        return res
 
     def agree_to_stop(self, mine: bool) -> bool:
         """Stop at the target without a barrier: rank 0 tells the servers, the others learn
@@ -280,17 +293,23 @@ class ParameterServer(Algorithm):
             self._finished = True
         return result
 
+    def _server_rule(self, shard: torch.Tensor, bounds: tuple[int, int]):
+        """The update rule injected into the server of key range ``bounds``, and the tensor
+        it updates in place (the shard the server sends to pulls)."""
+        if self.push_kind == "gradients":
+            rule = _OptimizerRule(shard, self.optimizer, self.workers, self.pace.synchronous)
+            return rule, rule.param.data
+        return _DeltaRule(shard, self.workers, self.pace.synchronous), shard
+
     def _serve(self, loop):
         index = self.transport.rank - self.workers
         a, b = self.bounds[index]
-        shard = flatten(self.params)[a:b].clone()
-        if self.push_kind == "gradients":
-            rule = _OptimizerRule(shard, self.optimizer, self.workers, self.pace.synchronous)
-            shard = rule.param.data
-        else:
-            rule = _DeltaRule(shard, self.workers, self.pace.synchronous)
-        server = ServerLoop(self._ps_t, index, shard, list(range(self.workers)), self.pace, rule,
-                            quorum=self.quorum, save=loop.checkpoints.write)
+        rule, shard = self._server_rule(flatten(self.params)[a:b].clone(), (a, b))
+        workers = list(range(self.workers))
+        decoder = None if self.codec is None else PushDecoder(self.codec, shard, workers)
+        server = ServerLoop(self._ps_t, index, shard, workers, self.pace, rule,
+                            quorum=self.quorum, save=loop.checkpoints.write,
+                            max_delay=self.max_delay, decoder=decoder)
         if loop.resume_requested:
             step = loop.checkpoints.latest_step()
             if step is not None:
@@ -307,9 +326,11 @@ class ParameterServer(Algorithm):
             return {}
         self._wait_push()
         self.client.checkpoint(self._next_step)
+        encoder = self.client.encoder
         return {"clock": self.clock, "since_push": self._since_push, "acc": self.acc.clone(),
                 "ref": None if self.ref is None else self.ref.clone(), "pushes": self.pushes,
-                "stale": dict(self.stale), "held_seconds": self.held_seconds}
+                "stale": dict(self.stale), "held_seconds": self.held_seconds,
+                "codec": None if encoder is None else encoder.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
@@ -321,6 +342,8 @@ class ParameterServer(Algorithm):
         self.pushes = int(state["pushes"])
         self.stale = Counter({int(k): int(v) for k, v in state["stale"].items()})
         self.held_seconds = float(state["held_seconds"])
+        if self.client.encoder is not None and state.get("codec") is not None:
+            self.client.encoder.load_state_dict(state["codec"])
 
     def rank_metrics(self) -> dict[str, Any]:
         """Per-rank results: staleness per pull and held time (workers), counters (servers)."""
@@ -336,19 +359,27 @@ class ParameterServer(Algorithm):
     def summary_extra(self, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         servers = [r for r in per_rank if r.get("role") == "server"]
         workers = [r for r in per_rank if r.get("role") == "worker"]
+        hist: Counter = Counter()
+        for w in workers:
+            hist.update({int(k): v for k, v in w.get("staleness_hist", {}).items()})
         return {"ps": {"servers": len(servers), "pace": self.pace.describe(),
                        "quorum": self.quorum, "push": self.push_kind,
+                       "codec": None if self.codec is None else self.codec.describe(),
+                       "bytes_pushed": [s["bytes_pushed"] for s in servers],
                        "staleness_max": max((w["staleness_max"] for w in workers), default=0),
                        # per shard: every push reaches every shard
                        "pushes_applied": [s["pushes_applied"] for s in servers],
                        "pushes_dropped": [s["pushes_dropped"] for s in servers],
                        "wait_seconds_per_worker": [w["wait_seconds"] for w in workers],
-                       "server_reports": servers}}
+                       "server_reports": servers},
+                # pulls per staleness over all workers: `distml report` plots it
+                "staleness_histogram": {str(k): v for k, v in sorted(hist.items())}}
 
     def describe(self) -> dict[str, Any]:
         return {"algorithm": "ps", "servers": self.servers, "pace": self.pace.describe(),
                 "push": self.push_kind, "push_every": self.push_every,
-                "pull_every": self.pull_every, "quorum": self.quorum}
+                "pull_every": self.pull_every, "quorum": self.quorum,
+                "codec": None if self.codec is None else self.codec.describe()}
 
     def close(self) -> None:
         self._push_h = None

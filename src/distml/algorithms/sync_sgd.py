@@ -25,7 +25,7 @@ from torch import nn
 from distml.algorithms import ALGORITHMS
 from distml.algorithms.base import Algorithm
 from distml.comm.buckets import Bucket, broadcast_module, make_buckets
-from distml.comm.compress import init_state, reduce_mean
+from distml.comm.compress import init_state, reduce_mean, with_momentum_correction
 
 
 @ALGORITHMS.register("sync_sgd", topology="collective", pace="bsp",
@@ -42,19 +42,39 @@ class SyncSGD(Algorithm):
             after backward (False).
         sync_batchnorm: convert BatchNorm layers to SyncBatchNorm (statistics over all
             workers); by default each worker keeps its own statistics.
+        momentum_correction: with a codec, accumulate the optimizer's momentum locally and
+            send the velocity through the codec (Lin et al. 2018, Deep Gradient Compression);
+            the optimizer (``sgd`` with momentum, no dampening) then runs without momentum
+            and weight decay, which move here. Default off: error feedback on the gradient,
+            momentum after the reduction (the optimizer's own).
+        momentum_masking: with ``momentum_correction``, zero the velocity where a sparse
+            codec (topk, threshold, randomk) sent entries (DGC momentum factor masking);
+            not for dense codecs, where it would erase the momentum.
         codec: set by distml from ``[comm] codec``/``error_feedback`` (docs/compression.md):
             each bucket is reduced through it after backward, with its own codec state;
             without a codec nothing changes (the all-reduce overlaps backward).
+
+    Raises:
+        ValueError: bucket_mb <= 0; momentum options without a codec or without a
+            momentum SGD optimizer (at setup).
     """
 
     def __init__(self, bucket_mb: float = 25.0, overlap: bool = True, sync_batchnorm: bool = False,
-                 codec=None):
+                 momentum_correction: bool = False, momentum_masking: bool = False, codec=None):
         if not bucket_mb > 0:
             raise ValueError(f"bucket_mb must be > 0, got {bucket_mb}")
+        if (momentum_correction or momentum_masking) and codec is None:
+            raise ValueError("momentum_correction/momentum_masking apply to a codec; "
+                             "set comm.codec or remove them")
+        if momentum_masking and not momentum_correction:
+            raise ValueError("momentum_masking needs momentum_correction = true")
         self.bucket_mb = float(bucket_mb)
         self.overlap = bool(overlap)
         self.sync_batchnorm = bool(sync_batchnorm)
+        self.momentum_correction = bool(momentum_correction)
+        self.momentum_masking = bool(momentum_masking)
         self.codec = codec
+        self._decay: list[tuple[torch.Tensor, float]] = []
         self.codec_states: list = []
         self._handles: list[Any] = []
         self._hooks: list[Any] = []
@@ -81,12 +101,42 @@ class SyncSGD(Algorithm):
         # bucket (one pass, during backward) and the reduction is a plain sum, so no pass
         # over the buffer remains after communication.
         self._divisor = float(transport.world_size)
+        if self.momentum_correction:
+            self._move_momentum_into_codec(optimizer, params)
         # per bucket: a Reducer (PowerSGD) needs the parameter shapes inside the bucket
         self.codec_states = [init_state(self.codec, b.buffer, [p.shape for p in b.params])
                              for b in self.buckets] if self.codec is not None else []
         if self.overlap and transport.world_size > 1 and self.codec is None:
             for p in params:
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._grad_ready))
+
+    def _move_momentum_into_codec(self, optimizer, params) -> None:
+        """DGC momentum correction: the codec carries the velocity, the optimizer none.
+
+        The optimizer's hyper-parameters are changed the way a scheduler changes ``lr``
+        (so a checkpoint holds the corrected ones); weight decay joins the gradient before
+        the velocity, as in momentum SGD, so a lossless codec reproduces it exactly.
+        """
+        if not isinstance(optimizer, torch.optim.SGD):
+            raise ValueError("momentum_correction needs optim sgd/momentum/nesterov (torch SGD), "
+                             f"got {type(optimizer).__name__}")
+        groups = optimizer.param_groups
+        momenta = {g["momentum"] for g in groups}
+        nesterov = {bool(g["nesterov"]) for g in groups}
+        if len(momenta) != 1 or len(nesterov) != 1:
+            raise ValueError("momentum_correction needs one momentum and nesterov setting for "
+                             f"all parameter groups, got momenta {sorted(momenta)}")
+        momentum = momenta.pop()
+        if not 0 < momentum < 1 or any(g["dampening"] for g in groups):
+            raise ValueError("momentum_correction needs optim momentum in (0, 1) and dampening 0, "
+                             f"got momentum {momentum}")
+        mine = {id(p) for p in params}
+        for g in groups:
+            if g["weight_decay"]:
+                self._decay += [(p, float(g["weight_decay"])) for p in g["params"] if id(p) in mine]
+            g["momentum"], g["nesterov"], g["weight_decay"] = 0.0, False, 0.0
+        self.codec = with_momentum_correction(self.codec, momentum, nesterov=nesterov.pop(),
+                                              masking=self.momentum_masking)
 
     def _reset(self) -> None:
         self._handles.clear()
@@ -126,8 +176,8 @@ class SyncSGD(Algorithm):
         gradients are copied in by the hooks) or ``False`` (the views are accumulated
         into in place); expects one backward pass per call.
         """
-        if self.transport.world_size == 1:
-            return
+        if self.transport.world_size == 1 and not self.momentum_correction:
+            return      # (with momentum correction the codec holds the momentum: run it)
         if self.codec is not None:
             self._reduce_with_codec()
             return
@@ -149,6 +199,9 @@ class SyncSGD(Algorithm):
     @torch.no_grad()
     def _reduce_with_codec(self) -> None:
         """Each bucket's local gradient through the codec; the mean becomes the gradient."""
+        for p, wd in self._decay:          # momentum correction: decay before the velocity
+            if p.grad is not None:
+                p.grad.add_(p.detach(), alpha=wd)
         for i, b in enumerate(self.buckets):
             b.fill_from_grads()
             mean, self.codec_states[i] = reduce_mean(b.buffer, self.codec, self.codec_states[i],
@@ -167,6 +220,8 @@ class SyncSGD(Algorithm):
         return {"algorithm": "sync_sgd", "buckets": len(getattr(self, "buckets", [])),
                 "bucket_mb": self.bucket_mb, "overlap": self.overlap,
                 "sync_batchnorm": self.sync_batchnorm,
+                "momentum_correction": self.momentum_correction,
+                "momentum_masking": self.momentum_masking,
                 "codec": None if self.codec is None else self.codec.describe()}
 
     def close(self) -> None:

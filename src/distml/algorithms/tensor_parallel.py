@@ -44,6 +44,7 @@ class TensorParallel(Algorithm):
     """Column/row tensor parallelism over all workers (one replica of the model)."""
 
     owns_loop = True
+    mid_run_checkpoints = False     # run_steps: a restart starts over from step 0
 
     def __init__(self):
         self.plain: nn.Module | None = None

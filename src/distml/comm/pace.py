@@ -12,6 +12,10 @@ decides with them and the rules are unit-tested in one process.
   never wait.
 - **Quorum(k of n)** — synchronous SGD with backup workers (Chen et al., "Revisiting
   Distributed Synchronous SGD", 2016): a round closes on the first ``k`` pushes.
+- **BoundedDelay(τ)** — the partial barrier of asynchronous ADMM (Zhang & Kwok,
+  "Asynchronous Distributed ADMM for Consensus Optimization", ICML 2014): with a quorum,
+  a round may close without a worker only while that worker's newest applied push is
+  at most ``τ`` rounds old; a late push joins the open round instead of being dropped.
 
 ``progress`` is what the server has: the number of closed rounds (synchronous rounds)
 or the slowest active worker's clock (asynchronous application).
@@ -126,3 +130,28 @@ class Quorum:
 
     def closes(self, count: int, active: int) -> bool:
         return count >= self.need(active)
+
+
+class BoundedDelay:
+    """A round may leave a worker out only while its newest push is at most ``tau`` rounds old.
+
+    Reference: Zhang & Kwok 2014 (partial barrier + bounded delay; their "every worker is
+    heard from at least once every τ rounds" is our τ + 1). ``last[w]`` is the round that last took a push of worker ``w``
+    (−1: none yet, the initial model stands in for it); leaving ``w`` out of round ``r``
+    makes its contribution ``r − last[w]`` rounds old.
+
+    Args:
+        tau: the largest delay in rounds, >= 0 (0: every worker in every round).
+
+    Raises:
+        ValueError: ``tau`` is not an integer >= 0.
+    """
+
+    def __init__(self, tau: int):
+        if isinstance(tau, bool) or int(tau) != tau or tau < 0:
+            raise ValueError(f"max_delay must be an integer >= 0, got {tau}")
+        self.tau = int(tau)
+
+    def overdue(self, round_: int, last: dict[int, int], active) -> list[int]:
+        """Active workers that round ``round_`` must wait for (in rank order)."""
+        return sorted(w for w in active if round_ - last[w] > self.tau)

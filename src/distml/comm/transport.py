@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import gc
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -184,6 +185,19 @@ class Transport:
                             f"{timeout_s:g} s ({_first_line(e)})") from e
         return cls(rank, world_size, timeout_s=timeout_s, latency_ms=latency_ms)
 
+    def place_threads(self, local_rank: int, local_world: int):
+        """Pin gloo's event-loop and work threads apart (see :mod:`distml.comm.placement`).
+
+        Returns the :class:`~distml.comm.placement.Placement`, or None where it cannot
+        help (NCCL, fewer CPUs than local ranks, not Linux). A barrier first makes sure
+        gloo has made its threads.
+        """
+        from distml.comm.placement import place_gloo_threads, should_place
+        if self.backend() != "gloo" or not should_place(local_world):
+            return None
+        self.barrier()
+        return place_gloo_threads(local_rank)
+
     @classmethod
     def joined(cls, timeout_s: float = 60.0) -> Transport | None:
         """A transport over the world this process already joined (None if it joined none)."""
@@ -225,7 +239,7 @@ class Transport:
             return
         gc.collect()
         try:
-            dist.barrier()
+            self._guard("barrier", dist.barrier)    # a peer that died at the end names itself
         finally:
             dist.destroy_process_group()
 
@@ -319,14 +333,28 @@ class Transport:
                     n, n * (self.world_size - 1))
         return out
 
-    def all_gather_object(self, obj) -> list:
-        """Gather a small picklable object (metadata, not payloads) from every rank."""
-        out = [None] * self.world_size
+    def all_gather_json(self, obj) -> list:
+        """Gather a small JSON-able value (metadata, not payloads) from every rank.
+
+        Sent as UTF-8 JSON in a byte tensor, never as a pickle: a peer's data is never
+        unpickled (docs/reliability.md). Dict keys come back as strings, as in JSON.
+        """
         if self.world_size == 1:
-            return [obj]
-        self._timed("all_gather_object", lambda: dist.all_gather_object(out, obj, group=self.group),
-                    0, 0)
-        return out
+            return [json.loads(json.dumps(obj))]
+        data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
+
+        def gather():
+            sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
+            dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64), group=self.group)
+            longest = int(max(t.item() for t in sizes))
+            padded = torch.zeros(longest, dtype=torch.uint8)
+            padded[:data.numel()] = data
+            out = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world_size)]
+            dist.all_gather(out, padded, group=self.group)
+            return [json.loads(bytes(t[:int(n.item())].tolist()).decode())
+                    for t, n in zip(out, sizes)]
+
+        return self._timed("all_gather_json", gather, 0, 0)
 
     def reduce_scatter(self, out: torch.Tensor, inputs: list[torch.Tensor], op: str = "sum"):
         """Reduce ``inputs`` (one per rank) and keep this rank's part in ``out``."""

@@ -54,6 +54,11 @@ def svmlight(path: str, test_path: str | None = None, n_features: int | None = N
                                                dtype=np.float32)
     except (ValueError, RuntimeError) as e:
         raise DataError(f"{' / '.join(map(str, paths))} is not a valid svmlight file: {e}") from None
+    for p, m in zip(paths, (x, xt)):
+        if m is not None and not np.isfinite(m.data).all():
+            row = int(np.searchsorted(m.indptr, np.flatnonzero(~np.isfinite(m.data))[0], side="right"))
+            raise DataError(f"{p}: sample {row} (counting from 1) holds a nan or inf feature "
+                            "value; fix it (missing values are not supported)")
     return table_source(" / ".join(map(str, paths)), x.tocsr(), y, task, test_fraction=test_fraction,
                         seed=seed, x_test=None if xt is None else xt.tocsr(), y_test=yt)
 
@@ -87,14 +92,22 @@ def read_csv(path: str | Path, label_column: int | str = -1, header: bool | str 
         ConfigError: a bad ``header`` value or a column name without a header.
     """
     p = _exists(path, "csv")
+    if isinstance(label_column, bool) or not isinstance(label_column, (int, str)):
+        raise ConfigError(f"label_column must be a column index or a header name, got {label_column!r}")
     if header not in (True, False, "auto"):
         raise ConfigError(f"header must be true, false or \"auto\", got {header!r}")
     if isinstance(label_column, str) and header is False:
         raise ConfigError(f"label_column={label_column!r} is a name but header=false: "
                           "give the column index or set header=true")
-    with open(p, newline="") as f:
-        reader = _csv.reader(f, delimiter=delimiter)
-        rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            reader = _csv.reader(f, delimiter=delimiter)
+            rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p} is not a UTF-8 text file ({e.reason} at byte {e.start}); "
+                        "is it really a CSV table?") from None
+    except _csv.Error as e:
+        raise DataError(f"{p} line {reader.line_num}: {e}") from None
     if not rows:
         raise DataError(f"{p} has no rows; it must hold a table with a label column")
     ncols = len(rows[0][1])
@@ -130,6 +143,12 @@ def read_csv(path: str | Path, label_column: int | str = -1, header: bool | str 
         labels.append(r[lab].strip())
     if not labels:
         raise DataError(f"{p} has a header but no data rows")
+    bad_rows = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+    if len(bad_rows):
+        line, r = body[bad_rows[0]]
+        bad = next(c for j, c in enumerate(r) if j != lab and not np.isfinite(float(c)))
+        raise DataError(f"{p} line {line}: feature value {bad!r} is not a finite number; "
+                        "fix the row (missing values are not supported)")
     if all(_is_number(v) for v in labels):
         return feats, np.array([float(v) for v in labels], dtype=np.float64)
     if task == "regression":

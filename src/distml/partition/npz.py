@@ -54,13 +54,33 @@ def npz_member(path: str | Path, key: str) -> np.ndarray:
             if not dtype.hasobject:
                 if 0 in shape:
                     return np.empty(shape, dtype)
-                return np.memmap(p, dtype=dtype, mode="r", offset=offset, shape=shape,
-                                 order="F" if fortran else "C")
+                try:
+                    return np.memmap(p, dtype=dtype, mode="r", offset=offset, shape=shape,
+                                     order="F" if fortran else "C")
+                except (ValueError, OSError) as e:   # the header promises more than the file holds
+                    raise DataError(f"{p}: member {key!r} is truncated or corrupt ({e}); "
+                                    "write the archive again") from None
         try:
             with zf.open(info) as f:
                 return np.lib.format.read_array(f, allow_pickle=False)
         except (ValueError, OSError, zipfile.BadZipFile) as e:
             raise DataError(f"{p}: member {key!r} cannot be read ({e})") from None
+
+
+def _check_finite(path: str | Path, key: str, x: np.ndarray | None, chunk: int = 1 << 16) -> None:
+    """Refuse nan/inf features, naming the first bad sample; reads a memmap once, in chunks.
+
+    Raises:
+        DataError: a sample holds nan or inf.
+    """
+    if x is None or x.dtype.kind not in "fc":
+        return
+    for start in range(0, len(x), chunk):
+        block = np.asarray(x[start:start + chunk]).reshape(min(chunk, len(x) - start), -1)
+        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        if len(bad):
+            raise DataError(f"{path}: features {key!r} sample {start + int(bad[0])} (counting from 0) "
+                            "holds nan or inf; fix it (missing values are not supported)")
 
 
 @SOURCES.register("npz", summary="a NumPy .npz archive (memory-mapped when uncompressed)")
@@ -101,6 +121,8 @@ def npz(path: str, x_key: str = "x", y_key: str = "y", x_test_key: str = "x_test
     if x.ndim < 2:
         raise DataError(f"{path}: features {x_key!r} must have shape (samples, *sample_shape), "
                         f"got {x.shape}")
+    for key, arr in ((x_key, x), (x_test_key, xt)):
+        _check_finite(path, key, arr)
     return table_source(str(path), x, np.asarray(y).reshape(-1), task, test_fraction=test_fraction,
                         seed=seed, x_test=xt, y_test=None if yt is None else np.asarray(yt).reshape(-1),
                         standardize=standardize)

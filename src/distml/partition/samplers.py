@@ -6,6 +6,8 @@ any rank can recompute any epoch (exact resume) without talking to the others.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from distml.errors import ConfigError, DataError
@@ -94,6 +96,8 @@ class RandomSampling(SamplePartition):
     def __init__(self, fraction: float = 1.0):
         if not fraction > 0:
             raise ConfigError(f"fraction must be > 0, got {fraction}")
+        if not math.isfinite(fraction):
+            raise ConfigError(f"fraction must be finite, got {fraction}")
         self.fraction = float(fraction)
 
     def shard_size(self, n, world):
@@ -130,6 +134,8 @@ class Dirichlet(SamplePartition):
     def __init__(self, alpha: float = 0.5, min_size: int = 1):
         if not alpha > 0:
             raise ConfigError(f"alpha must be > 0, got {alpha}")
+        if not math.isfinite(alpha):
+            raise ConfigError(f"alpha must be finite, got {alpha}")
         if not isinstance(min_size, int) or min_size < 1:
             raise ConfigError(f"min_size must be an int >= 1, got {min_size!r}")
         self.alpha, self.min_size = float(alpha), min_size

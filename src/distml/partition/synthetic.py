@@ -11,6 +11,7 @@ function of its coordinates (reproducible, resumable, independent across ranks).
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import scipy.sparse
@@ -27,6 +28,21 @@ _CHUNK = 4096  # offline sets are drawn in chunks so sparse ones never exist den
 
 def _gen(*ints: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed_of(*ints))
+
+
+def _check_fits_memory(kind: str, n: int, dim: int, density: float) -> None:
+    """Refuse an offline set that cannot fit in this machine's memory before drawing it
+    (drawing chunk by chunk would otherwise run until the machine runs out)."""
+    per_sample = (12 * density * dim if kind == "sparse_logistic" else 4 * dim) + 8
+    need = 2 * n * per_sample                   # the chunks, then their concatenation
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):   # not on Linux/macOS: no check
+        return
+    if need > have:
+        raise ConfigError(f"synthetic data of {n} samples x {dim} features needs about "
+                          f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB; "
+                          "lower n_train, n_test or dim (or use mode='online')")
 
 
 class Synthetic(Source):
@@ -68,8 +84,10 @@ class Synthetic(Source):
         for pname, v in (("n_train", n_train), ("n_test", n_test), ("dim", dim), ("hidden", hidden)):
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{pname} must be an int >= 1, got {v!r}")
-        if noise < 0:
+        if not noise >= 0:
             raise ConfigError(f"noise must be >= 0, got {noise}")
+        if not math.isfinite(noise):
+            raise ConfigError(f"noise must be finite, got {noise}")
         if not 0.0 < density <= 1.0:
             raise ConfigError(f"density must be in (0, 1], got {density}")
         binary = kind in ("logistic_regression", "sparse_logistic")
@@ -78,6 +96,7 @@ class Synthetic(Source):
                               "(use gaussian_mixture or teacher_mlp for more classes)")
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ConfigError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        _check_fits_memory(kind, n_test + (0 if mode == "online" else n_train), dim, density)
         self.kind, self.mode, self.online = kind, mode, mode == "online"
         self.n_train, self.n_test, self.dim, self.noise, self.density = n_train, n_test, dim, noise, density
         self.seed = seed

@@ -46,6 +46,10 @@ def table_source(name: str, x: Any, y: Any, task: str, *, test_fraction: float, 
     if x.ndim < 2:
         raise DataError(f"{name}: features must be an array of shape (samples, *sample_shape), "
                         f"got shape {x.shape}")
+    for what, xs, ys_ in (("training", x, y), ("test", x_test, y_test)):
+        if xs is not None and ys_ is not None and xs.shape[0] != len(ys_):
+            raise DataError(f"{name}: {xs.shape[0]} {what} samples but {len(ys_)} targets; "
+                            "features and targets must have one row per sample")
     if x_test is not None and x_test.shape[1:] != x.shape[1:]:
         raise DataError(f"{name}: test samples have shape {x_test.shape[1:]}, training samples "
                         f"{x.shape[1:]}; they must match (set n_features for svmlight files)")

@@ -24,6 +24,8 @@ from distml.partition import PARTITIONS, SOURCES, make_loader
 from distml.registry import split_spec
 from distml.runtime.faults import check_faults
 
+MAX_PROCESSES = 2048    # workers are at most 1024 (config.py); servers and helpers on top
+
 
 @dataclass
 class UserParts:
@@ -108,6 +110,9 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
     # roles (DESIGN.md §4): when the algorithm starts more processes than workers (servers),
     # ranks 0..workers-1 train on the data and the others build no data loader
     processes = algorithm.launch_size(config.workers)
+    if processes > MAX_PROCESSES:
+        raise ConfigError(f"algorithm '{config.algorithm.name}' would start {processes} processes "
+                          f"for {config.workers} workers; at most {MAX_PROCESSES}")
     if processes != config.workers:
         world = config.workers
     check = getattr(algorithm, "check_config", None)

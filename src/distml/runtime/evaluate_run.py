@@ -12,6 +12,7 @@ from distml.algorithms import ALGORITHMS
 from distml.config import parse_config
 from distml.errors import UserError
 from distml.runtime.build import build_model_for, build_source
+from distml.runtime.checkpoint import load_tensors, squash
 from distml.runtime.evaluate import evaluate
 
 
@@ -25,18 +26,24 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
     for p in (cfg_path, model_path):
         if not p.exists():
             raise UserError(f"{p} not found: is {run_dir} a finished distml run?")
-    config = parse_config(json.loads(cfg_path.read_text()), where=str(cfg_path))
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{cfg_path} cannot be read ({e}); is {run_dir} a distml run?") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{cfg_path} does not hold a distml config (a JSON object)")
+    config = parse_config(raw, where=str(cfg_path))
     source = build_source(config)
     dtype = getattr(torch, config.train.dtype)
     model = build_model_for(config, source.info)
     # e.g. an ensemble saves K members: rebuild the container the state dict came from
     model = ALGORITHMS.build(config.algorithm.spec()).saved_model(model, config.workers)
     model = model.to(dtype=dtype)
+    state = load_tensors(model_path, model_path)     # never unpickles arbitrary objects
     try:
-        state = torch.load(model_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as e:
-        raise UserError(f"{model_path} cannot be loaded into the run's model: {e}") from None
+        raise UserError(f"{model_path} cannot be loaded into the run's model: {squash(e)}") from None
     from distml.models import build_loss
     loss_fn = build_loss(config.model.loss, config.model.name, source.info)
     result = evaluate(model, source.test(), loss_fn, config.data.test_batch_size,

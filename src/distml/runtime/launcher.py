@@ -5,6 +5,10 @@ port race and nothing reachable from other hosts; gloo is pinned to the loopback
 interface. When a worker fails, the others get the configured timeout to notice and
 exit on their own, then the launcher ends them: no process outlives a run. The first
 failure is reported in one line that names its rank.
+
+With restarts (``distml run --max-restarts N``, the local equivalent of torchrun's),
+a failed group is stopped as a whole and started again from the latest committed
+checkpoint, up to N times, with one line per restart.
 """
 
 from __future__ import annotations
@@ -18,15 +22,18 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from distml.comm.transport import Transport
 from distml.errors import PeerError, UserError
+from distml.runtime.checkpoint import Checkpoints
 from distml.runtime.worker import EXIT_USER, Rendezvous, WorkerJob, run_worker_process
 
 LOOPBACK = "127.0.0.1"
 _ERROR_KEY = "distml/error/{rank}"
+_EXIT_KEY = "distml/exit/{rank}"      # set by the launcher: how a rank ended (not a peer echo)
 
 
 @dataclass
@@ -66,7 +73,23 @@ def _child(rank: int, world: int, port: int, job: WorkerJob, timeout_s: float) -
         except Exception:   # the launcher then reports the exit code alone
             pass
 
-    code = run_worker_process(rank, world, rank, Rendezvous(LOOPBACK, port), job, report=report)
+    def dead_peers(wait_s: float = 2.0) -> str:
+        """Which peers the launcher saw die (it notices within milliseconds; a partition
+        leaves nothing to find, and the wait ends after ``wait_s``)."""
+        try:
+            store = Transport.store_client(LOOPBACK, port, 10.0)
+            deadline = time.monotonic() + wait_s
+            while True:
+                keys = {r: _EXIT_KEY.format(rank=r) for r in range(world) if r != rank}
+                dead = [f"rank {r} {store.get(k).decode()}" for r, k in keys.items() if store.check([k])]
+                if dead or time.monotonic() > deadline:
+                    return ", ".join(dead)
+                time.sleep(0.1)
+        except Exception:   # the launcher's line still names the rank
+            return ""
+
+    code = run_worker_process(rank, world, rank, Rendezvous(LOOPBACK, port), job, report=report,
+                              dead_peers=dead_peers)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)   # skip atexit handlers of torch that can abort after a failed group
@@ -157,6 +180,12 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
                 code = p.exitcode
                 line = reported[1] if reported else _describe_exit(code)
                 exits[r] = WorkerExit(r, code, line, now)
+                if code != 0 and not _is_peer_echo(line):
+                    try:        # lets the survivors name the dead rank in their own errors
+                        store.set(_EXIT_KEY.format(rank=r), _describe_exit(code) if reported is None
+                                  else f"failed: {line}")
+                    except Exception:
+                        pass
                 if code != 0 and deadline is None:
                     deadline = now + timeout_s + 5.0
             if deadline is not None and now > deadline:
@@ -177,11 +206,57 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
         raise LaunchFailed(_first_cause(failed), failed)
 
 
+def launch_local_restarting(job: WorkerJob, world: int, timeout_s: float, max_restarts: int,
+                            say=None, why_no_checkpoint: str | None = None) -> int:
+    """:func:`launch_local`, restarting the whole group after a failure, up to ``max_restarts`` times.
+
+    Every restart resumes from the run folder's latest committed checkpoint; without one
+    (``train.checkpoint_every = 0``, a failure before the first checkpoint, or an
+    algorithm that owns its loop and writes no mid-run checkpoints) it starts over from
+    step 0, and the restart line says so. User errors (exit code 2: config, data, a
+    corrupt checkpoint, divergence) are not restarted: they would fail the same way.
+
+    Args:
+        say: prints one line per restart (default: to stderr).
+        why_no_checkpoint: why this run never has a checkpoint, for the restart line
+            (e.g. ``"train.checkpoint_every = 0"``).
+
+    Returns:
+        the number of restarts it took.
+
+    Raises:
+        LaunchFailed: a user error, or a failure after ``max_restarts`` restarts.
+    """
+    if say is None:
+        def say(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+    ckpts = Checkpoints(Path(job.out_dir) / "checkpoints", rank=0)
+    log: list[dict] = list(job.restart_log)
+    while True:
+        try:
+            launch_local(job, world, timeout_s)
+            return len(log)
+        except LaunchFailed as e:
+            if e.user_error or len(log) >= max_restarts:
+                raise
+            step = ckpts.latest_step()
+            where = (f"resuming from the checkpoint at step {step}" if step is not None else
+                     f"{why_no_checkpoint or 'no checkpoint committed yet'}: starting over from step 0")
+            log.append({"rank": e.first.rank, "cause": e.first.line, "resumed_from_step": step,
+                        "at": time.time()})
+            say(f"distml: restart {len(log)}/{max_restarts}: rank {e.first.rank}: {e.first.line}; {where}")
+            job = replace(job, resume=step is not None, restarts=len(log), restart_log=list(log))
+
+
+def _is_peer_echo(line: str) -> bool:
+    """A rank that failed because a peer did (its line says so), not on its own."""
+    return any(s in line for s in ("a peer died or did not answer", "could not join",
+                                   "a server died or did not answer", "a worker died or stalled"))
+
+
 def _first_cause(failed: list[WorkerExit]) -> WorkerExit:
     """The failure that started it: a user error or a killed/crashed rank before a peer error."""
-    def is_peer_echo(e: WorkerExit) -> bool:
-        return "a peer died or did not answer" in e.line or "could not join" in e.line
-    own = [e for e in failed if not is_peer_echo(e)]
+    own = [e for e in failed if not _is_peer_echo(e.line)]
     return (own or failed)[0]
 
 
@@ -231,4 +306,5 @@ def launch_script(script: str, args: list[str], world: int, timeout_s: float = 6
         del store
 
 
-__all__ = ["LaunchFailed", "launch_local", "launch_script", "PeerError", "UserError"]
+__all__ = ["LaunchFailed", "launch_local", "launch_local_restarting", "launch_script", "PeerError",
+           "UserError"]

@@ -90,10 +90,29 @@ class TrainLoop:
                 "wall": wall, "time_to_target": self.time_to_target, "loss_window": loss_window}
 
     def save_checkpoint(self, next_step: int, wall: float, loss_window: list[float]) -> None:
+        self.check_finite_model(next_step)
         self.checkpoints.write(next_step, self._state(next_step, wall, loss_window))
         self.transport.barrier()     # every rank wrote before the marker moves
         if self.rank == 0:
             self.checkpoints.commit(next_step, self.transport.world_size)
+
+    def check_finite_model(self, done: int) -> None:
+        """Refuse to keep a model that stopped being finite.
+
+        The loss is checked every step; a finite loss with non-finite gradients (or an
+        update that overflows) poisons the parameters, which the next step's loss shows.
+        A checkpoint or the final model written in between would keep the poison, so the
+        parameters are checked here, once per checkpoint, instead of the gradients every
+        step (a pass over all gradients costs several percent of a small model's step).
+
+        Raises:
+            DivergenceError: a floating-point parameter holds inf or nan.
+        """
+        for name, t in self.parts.model.named_parameters():   # not buffers: a mask may hold -inf
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise DivergenceError(
+                    f"parameter '{name}' is not finite after step {done - 1} on rank {self.rank}; "
+                    "lower optim.lr (not saved: the last good checkpoint is kept)")
 
     def resume(self) -> list[float]:
         """Restore the latest committed checkpoint, if any; returns the loss window."""
@@ -260,6 +279,7 @@ class TrainLoop:
             end = getattr(p.algorithm, "on_train_end", None)
             if end is not None:
                 end(done)       # e.g. a parameter-server worker's last push and final pull
+            self.check_finite_model(done)    # before model.pt and the summary are written
             total_wall = wall()
             t0 = time.perf_counter()
             final = self.evaluate(done, total_wall, evals)

@@ -177,12 +177,18 @@ def plot_runs(runs: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.legend()
         written.append(_save(fig, out / "staleness.png"))
 
-    cons_runs = [r for r in runs if any("consensus_distance" in e for evs in r["events"].values() for e in evs)]
+    def consensus_points(r):
+        # gossip logs it at evaluations (eval.jsonl); rank 0's step events may carry it too
+        pts = [e for e in r["evals"] if e.get("consensus_distance") is not None]
+        return pts or [e for e in r["events"].get(0, []) if e.get("consensus_distance") is not None]
+
+    cons_runs = [r for r in runs if consensus_points(r)]
     if cons_runs:
         fig, ax = plt.subplots(figsize=(7, 4))
         for r in cons_runs:
-            evs = [e for e in r["events"].get(0, []) if "consensus_distance" in e]
-            ax.plot([e["step"] for e in evs], [e["consensus_distance"] for e in evs], label=r["label"])
+            evs = [e for e in consensus_points(r) if e["consensus_distance"] > 0]   # log axis
+            ax.plot([e["step"] for e in evs], [e["consensus_distance"] for e in evs], marker="o",
+                    markersize=3, label=r["label"])
         ax.set_xlabel("steps")
         ax.set_ylabel("consensus distance")
         ax.set_yscale("log")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -43,15 +44,17 @@ def prepare_run_dir(name: str, out: str | os.PathLike | None, resume: bool,
         while _has_results(path):
             path = Path(root) / f"{name}-{n}"
             n += 1
+    probe = path / f".write-test-{os.getpid()}"
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
         with open(probe, "wb") as f:
             f.write(b"\0" * 65536)       # a full disk fails here, before training
             f.flush()
             os.fsync(f.fileno())
         probe.unlink()
     except OSError as e:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)      # a full disk keeps no half-written probe
         raise UserError(f"cannot write to the run folder {path}: {e.strerror or e}; choose "
                         "another --out") from None
     return path

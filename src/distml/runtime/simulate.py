@@ -1,20 +1,45 @@
 """``distml simulate``: project a measured run to cluster scale with an α–β cost model.
 
 The run gives what does not change with scale: compute seconds per step (per worker),
-the bytes each worker hands to the transport per step, and the model's size. The user
-gives the target network (bandwidth B, latency α). Per step, for N workers and an
-M-byte message (Hockney's α–β model; Thakur et al. 2005 for the collectives):
+and, per collective kind, the bytes each worker hands to the transport per step and how
+many calls it makes (one-off messages such as the initial broadcast of the model are left
+out). The user gives the target network (link bandwidth B, per-message latency α). For N
+workers and an M-byte message (Hockney's α–β model; Thakur et al. 2005 for the
+collectives), per call:
 
 - ring all-reduce:   2(N−1)/N · M/B + 2(N−1)·α
 - tree all-reduce:   2·⌈log2 N⌉ · (M/B + α)            (reduce then broadcast)
-- ring all-gather:   (N−1)/N · N·M/B + (N−1)·α          (codecs that cannot be summed)
+- ring all-gather:   (N−1)·M/B + (N−1)·α                (codecs that cannot be summed;
+                                                         M = one worker's payload)
+- reduce-scatter:    (N−1)/N · M/B + (N−1)·α
+- broadcast (tree):  ⌈log2 N⌉ · (M/B + α)
 - parameter server with S servers: every worker pushes and pulls M; each server link
   carries N·M/S each way: 2·max(M, N·M/S)/B + 2α
 - gossip on a graph of degree d: d·M/B + d·α            (exchange with each neighbour)
+- anything else (point to point): M/B + α
 
-step time = compute + communication (no overlap: an upper bound); throughput = N /
-step time worker-steps (batches) per second; scaling efficiency = compute / step time
-(1.0 when communication is free).
+Three corrections make the projection match a real TCP network; bench/cost_model.py
+checks them on rate-limited hosts (docs/benchmarks.md, docs/choosing.md):
+
+- **Goodput, not link rate.** B is the link's rate; TCP moves B_eff = η·B of payload.
+  For a 1500-byte MTU, η = (MTU − 52) / (MTU + 14 + 66/2) = 1448/1547 = 0.936. Each
+  1448-byte segment travels as a 1514-byte Ethernet frame (14 Ethernet + 20 IPv4 +
+  32 TCP-with-timestamps header bytes). In a collective every host also receives, so
+  its egress also carries one 66-byte ACK per two segments it receives (delayed ACKs).
+- **Software latency.** α = α_net + α_sw. α_net is the user's ``--latency``. α_sw is what
+  one message hop costs in software (gloo, the Python transport, scheduling). It is
+  calibrated from the profile run, whose network is fast enough to count as free:
+  α_sw = (comm seconds per step in the profile) / (message hops per step at the
+  profile's N), where a ring all-reduce call is 2(N−1) hops. The bytes the profile moved
+  in that time are folded into α_sw, so it is an upper bound. It describes the machine
+  that ran the profile: give ``--sw-latency`` to project to other hosts.
+- **gloo's 2-worker all-gather** takes 1.5·M/B instead of M/B (:func:`gloo_allgather`:
+  its receive announcements queue in-band behind the peer's data on the one TCP
+  connection two workers share).
+
+step time = compute + Σ over the collectives of the step (no overlap: an upper bound);
+throughput = N / step time worker-steps (batches) per second; scaling efficiency =
+compute / step time (1.0 when communication is free).
 """
 
 from __future__ import annotations
@@ -68,6 +93,25 @@ def ring_allgather(n: int, m: float, bw: float, alpha: float) -> float:
     return 0.0 if n == 1 else (n - 1) * m / bw + (n - 1) * alpha
 
 
+def gloo_allgather(n: int, m: float, bw: float, alpha: float) -> float:
+    """gloo's all-gather: the ring, except between 2 workers, where it takes 1.5·M/B.
+
+    gloo cuts each worker's M into two chunks and sends a chunk only once the peer has
+    announced the matching receive; the announcement travels in-band, in the same TCP
+    stream as the peer's own data. With 2 workers both directions share one connection:
+    the later rank finds the earlier one's announcements waiting, sends its first chunk
+    at once and only then announces its own receives, so they queue behind its data.
+    The earlier rank can start its first chunk after M/2B and its second after M/B:
+    the exchange ends at 1.5·M/B, not M/B. With 3 or more workers, data goes to the
+    right neighbour and announcements to the left one, on different connections.
+    Source: gloo's ``gloo/allgather.cc`` and ``gloo/transport/tcp/pair.cc``; measured
+    1.46–1.55·M/B on the test bed (docs/benchmarks.md, cost model).
+    """
+    if n == 2:
+        return 1.5 * m / bw + alpha
+    return ring_allgather(n, m, bw, alpha)
+
+
 def parameter_server(n: int, m: float, bw: float, alpha: float, servers: int) -> float:
     return 2 * max(m, n * m / servers) / bw + 2 * alpha
 
@@ -75,6 +119,89 @@ def parameter_server(n: int, m: float, bw: float, alpha: float, servers: int) ->
 def gossip(n: int, m: float, bw: float, alpha: float, degree: int = 2) -> float:
     d = min(degree, n - 1)
     return 0.0 if n == 1 else d * m / bw + d * alpha
+
+
+def wire_efficiency(mtu: int = 1500, duplex: bool = True) -> float:
+    """Payload bytes per link byte of a bulk TCP/IPv4 transfer over Ethernet.
+
+    A segment carries ``mtu − 52`` payload bytes (20 IPv4 + 32 TCP header bytes with the
+    timestamp option Linux uses) in an ``mtu + 14``-byte frame. With ``duplex`` the host
+    also receives a stream and sends one 66-byte ACK per two segments of it on the same
+    egress (delayed ACKs, RFC 1122), as every host does in a collective.
+
+    Raises:
+        ValueError: an MTU under 576.
+    """
+    if mtu < 576:
+        raise ValueError(f"mtu must be >= 576, got {mtu}")
+    return (mtu - 52) / (mtu + 14 + (33 if duplex else 0))
+
+
+def reduce_scatter(n: int, m: float, bw: float, alpha: float) -> float:
+    return 0.0 if n == 1 else (n - 1) / n * m / bw + (n - 1) * alpha
+
+
+def tree_broadcast(n: int, m: float, bw: float, alpha: float) -> float:
+    return 0.0 if n == 1 else math.ceil(math.log2(n)) * (m / bw + alpha)
+
+
+def point_to_point(n: int, m: float, bw: float, alpha: float) -> float:
+    return m / bw + alpha
+
+
+#: the formula of each collective kind the transport counts; any other kind is point to point
+COLLECTIVES = {"all_reduce": ring_allreduce, "all_gather": ring_allgather,
+               "reduce_scatter": reduce_scatter, "broadcast": tree_broadcast}
+#: the same on gloo, our CPU backend (its 2-worker all-gather, see gloo_allgather)
+GLOO_COLLECTIVES = {**COLLECTIVES, "all_gather": gloo_allgather}
+
+
+def comm_seconds(ops: dict[str, dict[str, float]], n: int, bw: float, alpha: float,
+                 gloo: bool = True) -> float:
+    """Communication seconds per step: Σ over collective kinds of bytes and latency terms.
+
+    Every formula is linear in M and in α apart, so a kind called c times a step with b
+    bytes in all costs ``f(n, b, bw, 0) + c·f(n, 0, bw, α)``.
+
+    Args:
+        ops: per kind, ``{"bytes": per worker per step, "calls": per step}`` (a profile's ``ops``).
+        n: workers; bw: payload bytes per second (goodput); alpha: seconds per message hop.
+        gloo: use gloo's algorithms (:data:`GLOO_COLLECTIVES`), else the textbook ones.
+    """
+    table = GLOO_COLLECTIVES if gloo else COLLECTIVES
+    total = 0.0
+    for op, o in ops.items():
+        f = table.get(op, point_to_point)
+        total += f(n, o["bytes"], bw, 0.0) + o["calls"] * f(n, 0.0, bw, alpha)
+    return total
+
+
+def software_alpha(prof: dict[str, Any]) -> float:
+    """α_sw: the profile's communication seconds per message hop (its network counted free)."""
+    n = prof["workers"]
+    hops = sum(o["calls"] * COLLECTIVES.get(op, point_to_point)(n, 0.0, 1.0, 1.0)
+               for op, o in prof["ops"].items())
+    return prof["comm_per_step"] / hops if hops else 0.0
+
+
+def predict_step(prof: dict[str, Any], n: int, bandwidth: float, latency: float = 0.0,
+                 efficiency: float | None = None, alpha_sw: float | None = None,
+                 gloo: bool = True) -> float:
+    """Predicted seconds per step of the profiled run's method on ``n`` workers.
+
+    Args:
+        prof: from :func:`profile`.
+        n: workers.
+        bandwidth: the link rate in bytes per second.
+        latency: α_net, the network's one-way latency per message (seconds).
+        efficiency: goodput per link byte; :func:`wire_efficiency` by default.
+        alpha_sw: software seconds per hop; :func:`software_alpha` of the profile by default.
+        gloo: gloo's collectives (the default) or the textbook ones.
+    """
+    eff = wire_efficiency() if efficiency is None else efficiency
+    a_sw = software_alpha(prof) if alpha_sw is None else alpha_sw
+    return prof["compute_per_step"] + comm_seconds(prof["ops"], n, eff * bandwidth, latency + a_sw,
+                                                   gloo=gloo)
 
 
 def profile(run_dir: Path) -> dict[str, Any]:
@@ -92,26 +219,62 @@ def profile(run_dir: Path) -> dict[str, Any]:
     model_bytes = None
     model_path = Path(run_dir) / "model.pt"
     if model_path.exists():
-        import torch
-        state = torch.load(model_path, map_location="cpu", weights_only=True)
+        from distml.runtime.checkpoint import load_tensors
+        state = load_tensors(model_path, model_path)     # never unpickles arbitrary objects
         model_bytes = sum(t.numel() * t.element_size() for t in state.values() if t.is_floating_point())
     per_rank = s.get("per_rank", [])
     gathered = any(pr.get("ops", {}).get("all_gather", {}).get("bytes_sent", 0) > 0 for pr in per_rank)
+    ops = per_step_ops(per_rank, steps)
+    per_step = sum(o["bytes"] for o in ops.values()) if ops else s["bytes_sent"] / workers / steps
     return {
         "run": str(run_dir), "algorithm": s["algorithm"], "workers": workers,
         "compute_per_step": s["compute_seconds"] / steps,
-        "bytes_per_step": s["bytes_sent"] / workers / steps,
+        "comm_per_step": (s["comm_seconds"] + s.get("wait_seconds", 0.0)) / steps,
+        "bytes_per_step": per_step, "ops": ops or {"all_reduce": {"bytes": per_step, "calls": 1.0}},
         "model_bytes": model_bytes, "gathered": gathered,
         "measured_step": s["wall_seconds"] / steps if s.get("wall_seconds") else None,
     }
 
 
+def per_step_ops(per_rank: list[dict[str, Any]], steps: int) -> dict[str, dict[str, float]]:
+    """Per collective kind: bytes a worker sends and calls it makes per step (mean over ranks).
+
+    A kind called once in a run of several steps (rank 0's initial broadcast of the model)
+    is setup, not per-step traffic, and is left out; so are zero-byte kinds (barriers).
+    """
+    out: dict[str, dict[str, float]] = {}
+    ranks = [pr for pr in per_rank if pr.get("ops")]
+    for pr in ranks:
+        for op, o in pr["ops"].items():
+            if steps > 1 and o.get("calls", 0) <= 1:
+                continue
+            acc = out.setdefault(op, {"bytes": 0.0, "calls": 0.0})
+            acc["bytes"] += o.get("bytes_sent", 0) / steps / len(ranks)
+            acc["calls"] += o.get("calls", 0) / steps / len(ranks)
+    return {op: o for op, o in out.items() if o["bytes"] > 0}
+
+
 def project(prof: dict[str, Any], workers: list[int], bandwidth: float, latency: float,
-            servers: int = 1, degree: int = 2) -> list[dict[str, Any]]:
+            servers: int = 1, degree: int = 2, efficiency: float | None = None,
+            alpha_sw: float | None = None) -> list[dict[str, Any]]:
     """Projected step time, throughput and efficiency per topology and worker count.
 
-    "run codec" uses the run's measured bytes per step; "fp32" the model's full size.
+    Payload "run" is the run's own traffic: its ring row replays the run's collectives
+    (kinds, bytes and calls per step, e.g. two all-gathers for a codec that cannot be
+    summed, three all-reduces for PowerSGD); the other topologies move its bytes per step
+    as one message. Payload "fp32" (shown when the run compressed) is the model's full size.
+
+    Args:
+        prof: from :func:`profile`.
+        workers: worker counts to project to.
+        bandwidth: link rate, bytes per second; latency: α_net, seconds per message.
+        servers, degree: the parameter server's server count and the gossip graph's degree.
+        efficiency: goodput per link byte (:func:`wire_efficiency` by default; 1.0 = none).
+        alpha_sw: software seconds per message hop (calibrated from the profile by default).
     """
+    eff = wire_efficiency() if efficiency is None else efficiency
+    a_sw = software_alpha(prof) if alpha_sw is None else alpha_sw
+    bw, alpha = eff * bandwidth, latency + a_sw
     payloads = {"run": prof["bytes_per_step"]}
     full = prof["model_bytes"]
     if full and abs(full - prof["bytes_per_step"]) > 0.01 * full:   # the run compressed
@@ -120,13 +283,12 @@ def project(prof: dict[str, Any], workers: list[int], bandwidth: float, latency:
     rows = []
     for n in workers:
         for payload, m in payloads.items():
-            gathered = prof["gathered"] and payload == "run"
             topologies = {
-                "ring_allreduce": ring_allgather(n, m, bandwidth, latency) if gathered
-                else ring_allreduce(n, m, bandwidth, latency),
-                "tree_allreduce": tree_allreduce(n, m, bandwidth, latency),
-                f"ps_{servers}_servers": parameter_server(n, m, bandwidth, latency, servers),
-                f"gossip_degree_{degree}": gossip(n, m, bandwidth, latency, degree),
+                "ring_allreduce": comm_seconds(prof["ops"], n, bw, alpha) if payload == "run"
+                else ring_allreduce(n, m, bw, alpha),
+                "tree_allreduce": tree_allreduce(n, m, bw, alpha),
+                f"ps_{servers}_servers": parameter_server(n, m, bw, alpha, servers),
+                f"gossip_degree_{degree}": gossip(n, m, bw, alpha, degree),
             }
             for topo, comm in topologies.items():
                 step = c + comm

@@ -6,7 +6,8 @@ the namespaces; bandwidth is limited with ``tc ... tbf`` on each host's interfac
 (netem is not in this kernel, so delay comes from the transport's ``latency_ms``).
 Everything is deleted at the end, after the processes inside are gone.
 
-Python: ``with hosts(2, rate="100mbit") as hs: ...`` yields ``Host(ns, addr, iface)``.
+Python: ``with hosts(2, rate="100mbit") as hs: ...`` yields ``Host(ns, addr, iface)``;
+``set_link(tag, i, up=False)`` unplugs host ``i`` (a partition) until it is plugged back.
 Shell (``scripts/testbed.sh`` wraps these)::
 
     python -m distml.runtime.testbed up --hosts 2 --rate 100mbit --tag tb1   # prints JSON
@@ -62,6 +63,15 @@ def limit(ns: str, iface: str, rate: str) -> None:
     subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", iface, "root",
                     "tbf", "rate", _check_rate(rate), "burst", "32kbit", "latency", "50ms"],
                    check=True, capture_output=True, text=True)
+
+
+def set_link(tag: str, host: int, up: bool) -> None:
+    """Plug (``up``) or unplug host ``host``'s cable at the bridge of test bed ``tag``.
+
+    Unplugged, the host's packets are dropped without a reset or an error on either side:
+    a network partition, as when a switch port or a cable fails.
+    """
+    _ip("-n", f"dmlbr{tag}", "link", "set", f"b{host}{tag}", "up" if up else "down")
 
 
 def namespaces(tag: str) -> list[str]:

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,9 @@ import torch
 
 from distml.comm.transport import Transport
 from distml.config import RunConfig, parse_config
-from distml.errors import PeerError, UserError
+from distml.errors import CheckpointError, PeerError, UserError
 from distml.runtime.build import UserParts, build_parts, restore_registrations
-from distml.runtime.checkpoint import save_torch_atomic
+from distml.runtime.checkpoint import Checkpoints, agree_on_resume, save_torch_atomic
 from distml.runtime.faults import arm_crash
 from distml.runtime.loop import TrainLoop
 from distml.runtime.metrics import summarize, write_json_atomic
@@ -43,6 +43,12 @@ class WorkerJob:
     stop_after: int | None = None
     user: UserParts | None = None
     registrations: list = field(default_factory=list)   # user entries from distml.register
+    # restarts so far: the local launcher's count (restart_log: what it restarted from), or
+    # this torchrun agent's TORCHELASTIC_RESTART_COUNT
+    restarts: int = 0
+    restart_log: list = field(default_factory=list)
+    # torchrun: after a restart, continue from rank 0's committed checkpoint if there is one
+    elastic: bool = False
 
 
 @dataclass
@@ -51,6 +57,10 @@ class Rendezvous:
 
     host: str | None = None
     port: int | None = None
+    local_world_size: int | None = None    # ranks on this host; None: all of them
+
+    def local_world(self, world: int) -> int:
+        return self.local_world_size or world
 
     def store(self, timeout_s: float):
         if self.host is None:
@@ -99,16 +109,32 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
                                   backend=backend, timeout_s=config.comm.timeout_s,
                                   latency_ms=config.comm.latency_ms,
                                   device_id=device if device.type == "cuda" else None)
+    if config.comm.place_threads == "auto":
+        placed = transport.place_threads(local_rank, rendezvous.local_world(world))
+        if placed is not None:
+            log.info("gloo threads placed: %s", placed)
     arm_crash(config.faults, rank)      # [faults] crash: tests of failure detection
     try:
+        resume, restarts, resume_step = job.resume, job.restarts, None
+        if job.resume or job.elastic:   # before any other collective: every rank takes part
+            resume_step, restarts = agree_on_resume(
+                transport, Checkpoints(out_dir / "checkpoints", rank), job.restarts)
+            resume = job.resume or (restarts > 0 and resume_step is not None)
+            if job.resume and resume_step is None:
+                raise CheckpointError(f"--resume: rank 0 found no committed checkpoint in "
+                                      f"{out_dir}/checkpoints")
         parts.algorithm.setup(parts.model, parts.optimizer, transport)
         torch.manual_seed(config.seed * 100003 + rank)    # dropout etc. differ across ranks
         loop = TrainLoop(config, parts, transport, out_dir, device)
-        loop.resume_requested, loop.stop_after = job.resume, job.stop_after
+        if resume:
+            loop.checkpoints.pin(resume_step)
+            log.info("resuming from rank 0's checkpoint at step %d (restarts so far: %d)",
+                     resume_step, restarts)
+        loop.resume_requested, loop.stop_after = resume, job.stop_after
         if parts.algorithm.owns_loop:
             result = parts.algorithm.run(loop)
         else:
-            result = loop.run(resume=job.resume, stop_after=job.stop_after)
+            result = loop.run(resume=resume, stop_after=job.stop_after)
         totals = {"rank": rank, "steps": result.steps, "steps_this_run": result.steps_this_run,
                   "train_loss": result.train_loss,
                   "compute_seconds": result.clock.compute, "comm_seconds": result.clock.comm,
@@ -120,7 +146,7 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
         rank_metrics = getattr(parts.algorithm, "rank_metrics", None)
         if rank_metrics is not None:
             totals.update(rank_metrics())   # e.g. role, staleness, server counters (ps)
-        all_ranks = transport.all_gather_object(totals)
+        all_ranks = transport.all_gather_json(totals)
         # servers (ps) are not workers: totals and means are over workers (DESIGN.md §5)
         per_rank = [r for r in all_ranks if r.get("role", "worker") == "worker"]
         if rank == 0 and result.completed:
@@ -131,6 +157,7 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
                                 extra={"name": config.name, "backend": backend,
                                        "device": str(device), "target_accuracy":
                                        config.train.target_accuracy, "completed": True,
+                                       "restarts": restarts, "restart_log": job.restart_log,
                                        "algorithm_metrics": loop.algorithm_metrics,
                                        **(more(all_ranks) if more is not None else {})})
             save_torch_atomic(out_dir / "model.pt", parts.algorithm.eval_model().state_dict())
@@ -148,11 +175,12 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
 
 
 def run_worker_process(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
-                       job: WorkerJob, report=None) -> int:
+                       job: WorkerJob, report=None, dead_peers=None) -> int:
     """Run a worker and turn its outcome into an exit code and one line.
 
     ``report(rank, code, line)`` lets the local launcher collect the line (through the
-    store) instead of every rank printing it.
+    store) instead of every rank printing it; ``dead_peers()`` names the peers the
+    launcher saw die, so a rank that lost a peer says which one.
     """
     code, line = 0, ""
     try:
@@ -161,6 +189,9 @@ def run_worker_process(rank: int, world: int, local_rank: int, rendezvous: Rende
         code, line = EXIT_USER, str(e)
     except PeerError as e:
         code, line = EXIT_INTERNAL, str(e)
+        dead = dead_peers() if dead_peers is not None else ""
+        if dead:
+            line = f"{line}; dead peer: {dead}"
     except KeyboardInterrupt:
         code, line = 130, "interrupted"
     except Exception as e:  # an internal failure: the log gets the traceback
@@ -180,13 +211,23 @@ def torchrun_main(job: WorkerJob) -> int:
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    os.environ.setdefault("TORCHELASTIC_RESTART_COUNT", "0")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    restarts = int(os.environ.setdefault("TORCHELASTIC_RESTART_COUNT", "0"))
     if rank == 0:
         Path(job.out_dir).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(job.out_dir) / "config.json", job.config)
     else:
         Path(job.out_dir).mkdir(parents=True, exist_ok=True)
-    return run_worker_process(rank, world, local_rank, Rendezvous(), job)
+    # torchrun --max-restarts N restarts every worker with the same arguments: continue
+    # from rank 0's committed checkpoint (train.checkpoint_every) instead of from scratch
+    job = replace(job, restarts=restarts, elastic=True)
+    if restarts and local_rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # restarted workers then find the previous attempt's keys in the agent's store and
+        # may fail to join (pytorch issue #135712)
+        print("distml: warning: torchrun restarted the workers on its shared rendezvous store; "
+              "if they cannot rejoin, run torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1",
+              file=sys.stderr)
+    return run_worker_process(rank, world, local_rank, Rendezvous(local_world_size=local_world), job)
 
 
 def read_summary(out_dir: Path) -> dict[str, Any] | None:

@@ -2,7 +2,8 @@
 
 A Compressor is one message (compress → send → decompress) and works over any topology;
 a Reducer (PowerSGD) is a multi-round collective. :func:`build_codec` turns the
-``[comm]`` section into one codec (a chain, maybe wrapped in error feedback), and
+``[comm]`` section into one codec (a chain, maybe wrapped in error feedback);
+:func:`with_momentum_correction` (DGC) wraps either kind so it carries the velocity; and
 :func:`reduce_mean` is how every algorithm reduces a tensor through it.
 """
 
@@ -18,6 +19,8 @@ CODECS = Registry("codec")
 from distml.comm.compress.base import (  # noqa: E402
     Chain, Compressor, ErrorFeedback, Reducer, chain, with_error_feedback)
 from distml.comm.compress import bf16, fp16, powersgd, qsgd, randomk, sign, threshold, topk  # noqa: E402,F401,E501
+from distml.comm.compress.momentum import (  # noqa: E402
+    MomentumCorrection, MomentumCorrectionReducer, with_momentum_correction)
 from distml.comm.compress.reduce import PendingReduce, init_state, reduce_mean, start_reduce  # noqa: E402
 
 
@@ -50,6 +53,7 @@ def build_codec(specs: list[Any], error_feedback: bool = False, seed: int = 0,
         raise ConfigError(f"comm.codec: {e}") from None
 
 
-__all__ = ["CODECS", "Chain", "Compressor", "ErrorFeedback", "PendingReduce", "Reducer",
-           "build_codec", "chain", "init_state", "reduce_mean", "start_reduce",
-           "with_error_feedback"]
+__all__ = ["CODECS", "Chain", "Compressor", "ErrorFeedback", "MomentumCorrection",
+           "MomentumCorrectionReducer", "PendingReduce", "Reducer", "build_codec", "chain",
+           "init_state", "reduce_mean", "start_reduce", "with_error_feedback",
+           "with_momentum_correction"]

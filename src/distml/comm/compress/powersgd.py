@@ -38,9 +38,17 @@ def orthogonalize(m: torch.Tensor, epsilon: float = 0.0) -> None:
 class PowerSGD(Reducer):
     """Reduce a flat tensor of matrices as ``P Q^T`` with ``P``, ``Q`` of rank ``rank``.
 
-    Per round: ``P = M Q`` (all-reduced, orthogonalized), ``Q = M^T P`` (all-reduced),
-    mean ≈ ``P Q^T / world``. Vectors and matrices that would not shrink by
-    ``min_compression_rate`` are all-reduced as they are.
+    Per round (``scheme = "torch"``, torch's hook): ``P = M Q`` (all-reduced,
+    orthogonalized), ``Q = M^T P`` (all-reduced), mean ≈ ``P Q^T / world``.
+
+    ``scheme = "alternating"`` is the authors' own library (epfml/powersgd,
+    ``num_iters_per_step``): each iteration multiplies by the *other* factor,
+    orthogonalized, from the previous one (``Q = M^T P`` on even iterations, ``P = M Q``
+    on odd ones), averages only that factor, and subtracts its rank-r approximation from
+    ``M`` before the next iteration. With ``iters_per_step = 1`` a round sends only P or
+    Q (about half torch's bytes); with 2 it sends both, like torch's scheme, the second
+    factor approximating what the first missed. Vectors and matrices that would not
+    shrink by ``min_compression_rate`` are all-reduced as they are.
 
     Args:
         rank: the approximation rank r (≥ 1).
@@ -51,20 +59,33 @@ class PowerSGD(Reducer):
         error_feedback: add the previous round's error before compressing.
         epsilon: added to norms while orthogonalizing.
         seed: the seed of the random initial Q (set by distml; the same on every rank).
+        scheme: "torch" (torch's ``powerSGD_hook``, step for step) or "alternating"
+            (epfml/powersgd; see above).
+        iters_per_step: with "alternating", factor multiplications (and all-reduces) per
+            round, ≥ 1.
 
     Raises:
-        ValueError: rank < 1, start_iter < 0, min_compression_rate <= 0.
+        ValueError: rank < 1, start_iter < 0, min_compression_rate <= 0, an unknown
+            scheme, iters_per_step < 1 (or != 1 with scheme "torch").
     """
 
     def __init__(self, rank: int = 2, start_iter: int = 0, min_compression_rate: float = 2.0,
                  warm_start: bool = True, error_feedback: bool = True, epsilon: float = 0.0,
-                 seed: int = 0):
+                 seed: int = 0, scheme: str = "torch", iters_per_step: int = 1):
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
         if start_iter < 0:
             raise ValueError(f"start_iter must be >= 0, got {start_iter}")
         if not min_compression_rate > 0:
             raise ValueError(f"min_compression_rate must be > 0, got {min_compression_rate}")
+        if scheme not in ("torch", "alternating"):
+            raise ValueError(f"scheme must be 'torch' or 'alternating', got {scheme!r}")
+        if iters_per_step < 1 or (scheme == "torch" and iters_per_step != 1):
+            raise ValueError(f"iters_per_step must be >= 1 (and 1 with scheme 'torch'), "
+                             f"got {iters_per_step}")
+        if scheme == "alternating" and not warm_start:
+            raise ValueError("scheme 'alternating' reuses the last factor: it needs warm_start")
+        self.scheme, self.iters = scheme, int(iters_per_step)
         self.rank, self.start_iter = int(rank), int(start_iter)
         self.min_rate, self.warm_start = float(min_compression_rate), bool(warm_start)
         self.error_feedback, self.epsilon, self.seed = bool(error_feedback), float(epsilon), int(seed)
@@ -73,7 +94,8 @@ class PowerSGD(Reducer):
         shapes = [tuple(s) for s in shapes] if shapes else [(like.numel(),)]
         if sum(int(np.prod(s)) for s in shapes) != like.numel():
             raise ValueError(f"shapes {shapes} do not cover a tensor of {like.numel()} entries")
-        return {"iter": 0, "shapes": shapes, "error": None, "p": None, "q": None, "draws": 0}
+        return {"iter": 0, "shapes": shapes, "error": None, "p": None, "q": None, "draws": 0,
+                "rounds": 0}
 
     def _draw(self, state) -> int:
         # torch's hook draws from np.random.RandomState(seed); replaying the draws keeps the
@@ -132,6 +154,9 @@ class PowerSGD(Reducer):
                 ps.append(state["p"][pi:pi + n * r].view(1, n, r))
                 qs.append(state["q"][qi:qi + m * r].view(1, m, r))
                 pi, qi = pi + n * r, qi + m * r
+        if self.scheme == "alternating":
+            return self._alternating(buf, x, before if self.error_feedback else None, flat_plain,
+                                     plain, mats, ps, qs, randomize, state, transport)
         if not randomize:
             for q in qs:
                 orthogonalize(q, self.epsilon)
@@ -143,12 +168,7 @@ class PowerSGD(Reducer):
                     orthogonalize(q, self.epsilon)
         for mat, q, p in zip(mats, qs, ps):
             torch.bmm(mat, q, out=p)
-        transport.all_reduce(flat_plain, op="sum")
-        flat_plain.div_(world)
-        offset = 0
-        for t in plain:
-            t.copy_(flat_plain[offset:offset + t.numel()].view_as(t))
-            offset += t.numel()
+        self._all_reduce_plain(flat_plain, plain, transport)
         if p_size:
             transport.all_reduce(state["p"], op="sum")
             for p in ps:
@@ -166,5 +186,47 @@ class PowerSGD(Reducer):
         state["iter"] += 1
         return buf.reshape(x.shape), state
 
+    def _alternating(self, buf, x, before, flat_plain, plain, mats, ps, qs, randomize, state,
+                     transport):
+        """epfml/powersgd's round: multiply by the last factor, average the other, subtract."""
+        world = transport.world_size
+        if randomize:          # both factors random at first: either may be multiplied first
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self._draw(state))
+                for m in ps + qs:
+                    m.copy_(torch.randn(*m.shape, dtype=buf.dtype))
+        self._all_reduce_plain(flat_plain, plain, transport)
+        approx = [torch.zeros_like(m) for m in mats]
+        for it in range(self.iters):
+            even = (state["rounds"] * self.iters + it) % 2 == 0
+            ins, outs, out_flat = (ps, qs, state["q"]) if even else (qs, ps, state["p"])
+            for mat, a, b in zip(mats, ins, outs):
+                orthogonalize(a, self.epsilon)
+                torch.bmm(mat.transpose(1, 2) if even else mat, a, out=b)
+            if out_flat.numel():
+                transport.all_reduce(out_flat, op="sum")
+                out_flat.div_(world)
+            for mat, ap, p, q in zip(mats, approx, ps, qs):
+                step = torch.bmm(p, q.transpose(1, 2))
+                mat.sub_(step)           # what is left for the next iteration (and the error)
+                ap.add_(step)
+        for mat, ap in zip(mats, approx):
+            mat.copy_(ap)                # buf now holds the mean: plain entries and approximations
+        if before is not None:
+            state["error"] = before - buf
+        state["rounds"] = state["rounds"] + 1
+        state["iter"] += 1
+        return buf.reshape(x.shape), state
+
+    @staticmethod
+    def _all_reduce_plain(flat_plain, plain, transport) -> None:
+        transport.all_reduce(flat_plain, op="sum")
+        flat_plain.div_(transport.world_size)
+        offset = 0
+        for t in plain:
+            t.copy_(flat_plain[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
     def describe(self) -> str:
-        return f"powersgd(rank {self.rank})"
+        extra = "" if self.scheme == "torch" else f", alternating ×{self.iters}"
+        return f"powersgd(rank {self.rank}{extra})"

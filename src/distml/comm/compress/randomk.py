@@ -32,13 +32,20 @@ class RandomK(Compressor):
         if not 0 < ratio <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {ratio}")
         self.ratio, self.seed = float(ratio), int(seed)
+        # the last draw: compress, error feedback and decompress of one round ask for the same
+        # indices (a pure function of n and step, so this is a cache, not state)
+        self._last: tuple[int, int, torch.Tensor] | None = None
 
     def init(self, like):
         return {"step": 0}
 
     def _indices(self, n: int, step: int) -> torch.Tensor:
+        if self._last is not None and self._last[:2] == (n, step):
+            return self._last[2]
         k = max(1, min(n, math.ceil(self.ratio * n)))
-        return torch.randperm(n, generator=generator(self.seed, 7919, step))[:k]
+        idx = torch.randperm(n, generator=generator(self.seed, 7919, step))[:k]
+        self._last = (n, step, idx)
+        return idx
 
     def compress(self, x, state):
         flat = x.reshape(-1)

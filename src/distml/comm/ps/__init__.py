@@ -4,8 +4,9 @@ See DESIGN.md §4 and docs/parameter_server.md.
 """
 
 from distml.comm.ps.client import PSClient, PullHandle, PullResult, PushHandle
+from distml.comm.ps.codec import PushDecoder, PushEncoder
 from distml.comm.ps.server import ServerLoop, UpdateRule
 from distml.comm.ps.wire import Header, shard_bounds
 
-__all__ = ["Header", "PSClient", "PullHandle", "PullResult", "PushHandle", "ServerLoop",
-           "UpdateRule", "shard_bounds"]
+__all__ = ["Header", "PSClient", "PullHandle", "PullResult", "PushDecoder", "PushEncoder",
+           "PushHandle", "ServerLoop", "UpdateRule", "shard_bounds"]

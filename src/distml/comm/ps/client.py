@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, FLAG_STOP, PULL, PUSH, REPLY, STOP,
-                                 TAG_HEADER, TAG_PAYLOAD, TAG_REPLY, TAG_REPLY_PAYLOAD, Header,
-                                 empty_header)
+from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, FLAG_COMPRESSED, FLAG_STOP, PULL, PUSH,
+                                 REPLY, STOP, TAG_HEADER, TAG_PAYLOAD, TAG_REPLY,
+                                 TAG_REPLY_PAYLOAD, Header, empty_header)
 from distml.errors import PeerError
 
 
@@ -70,12 +70,16 @@ class PSClient:
         transport: the PS transport (gloo group with workers and servers).
         servers: the servers' ranks in ``transport``, shard ``i`` on ``servers[i]``.
         bounds: ``(start, stop)`` of each shard in the flat vector.
+        encoder: compresses each shard of a push (:class:`~distml.comm.ps.codec.PushEncoder`);
+            None sends the values as they are.
     """
 
-    def __init__(self, transport, servers: list[int], bounds: list[tuple[int, int]]):
+    def __init__(self, transport, servers: list[int], bounds: list[tuple[int, int]],
+                 encoder=None):
         if len(servers) != len(bounds):
             raise ValueError(f"one shard per server: {len(servers)} servers, {len(bounds)} shards")
         self.t, self.servers, self.bounds = transport, list(servers), list(bounds)
+        self.encoder = encoder
 
     def _wait(self, handles: list, what: str) -> None:
         try:
@@ -94,12 +98,19 @@ class PSClient:
         return hdr, self.t.isend(hdr, server, tag=TAG_HEADER)
 
     def push(self, flat: torch.Tensor, clock: int, aux: float = 0.0) -> PushHandle:
-        """Send each shard of ``flat`` (do not modify it until ``wait()``); ``clock`` = pushes so far."""
+        """Send each shard of ``flat`` (do not modify it until ``wait()``), through the encoder
+        if there is one; ``clock`` = pushes so far."""
         handles, keep = [], [flat]
         for i, (srv, (a, b)) in enumerate(zip(self.servers, self.bounds)):
-            hdr, h = self._send_header(Header(PUSH, i, clock, b - a, aux=aux), srv)
-            keep.append(hdr)
-            handles += [h, self.t.isend(flat[a:b], srv, tag=TAG_PAYLOAD)]
+            if self.encoder is None:
+                payload, head = flat[a:b], Header(PUSH, i, clock, b - a, aux=aux)
+            else:   # the codec's message: its byte count rides in arg0
+                payload = self.encoder.encode(i, flat[a:b])
+                head = Header(PUSH, i, clock, b - a, arg0=payload.numel(), aux=aux,
+                              flags=FLAG_COMPRESSED)
+            hdr, h = self._send_header(head, srv)
+            keep += [hdr, payload]
+            handles += [h, self.t.isend(payload, srv, tag=TAG_PAYLOAD)]
         return PushHandle(self, handles, keep)
 
     def _post_replies(self, out: torch.Tensor) -> tuple[list, list]:

@@ -10,6 +10,11 @@ a finishing worker moves the progress. Synchronous paces apply one round (all pu
 a clock, summed in rank order, so the result does not depend on arrival order) through
 the handler; asynchronous ones apply each push at once. Under a quorum, pushes for a
 closed round are dropped and counted: every push is applied exactly once or counted.
+With a bounded delay (``max_delay``, Zhang & Kwok 2014) a late push joins the open
+round instead, and a round waits for every worker whose newest push would otherwise be
+more than ``max_delay`` rounds old. Under a synchronous pace a pull is never answered
+while the requester's own push still waits in an open round (it reads its writes).
+A compressed push (``FLAG_COMPRESSED``) is decoded by the injected decoder first.
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ from typing import Any, Protocol
 
 import torch
 
-from distml.comm.pace import Pace, Quorum
-from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, FLAG_STOP, PULL, PUSH, REPLY, STOP,
-                                 TAG_HEADER, TAG_PAYLOAD, TAG_REPLY, TAG_REPLY_PAYLOAD, Header,
-                                 empty_header)
+from distml.comm.pace import BoundedDelay, Pace, Quorum
+from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, FLAG_COMPRESSED, FLAG_STOP, PULL, PUSH,
+                                 REPLY, STOP, TAG_HEADER, TAG_PAYLOAD, TAG_REPLY,
+                                 TAG_REPLY_PAYLOAD, Header, empty_header)
 from distml.errors import PeerError
 
 _NEVER = 1 << 62
@@ -53,20 +58,31 @@ class ServerLoop:
         rule: the injected update rule.
         quorum: pushes that close a round (backup workers); None means every worker.
         save: ``save(step, state)`` writes a checkpoint once every active worker asked.
+        max_delay: bounded delay in rounds (see :class:`~distml.comm.pace.BoundedDelay`):
+            late pushes join the open round instead of being dropped; None drops them.
+        decoder: decodes compressed pushes (:class:`~distml.comm.ps.codec.PushDecoder`).
 
     Raises:
-        ValueError: a quorum with an asynchronous pace.
+        ValueError: a quorum or a bounded delay with an asynchronous pace.
     """
 
     def __init__(self, transport, shard: int, params: torch.Tensor, workers: list[int], pace: Pace,
                  rule: UpdateRule, quorum: int | None = None,
-                 save: Callable[[int, dict], None] | None = None):
+                 save: Callable[[int, dict], None] | None = None, max_delay: int | None = None,
+                 decoder=None):
         if quorum is not None and not pace.synchronous:
             raise ValueError(f"a quorum needs the bsp pace, got {pace.name}")
+        if max_delay is not None and not pace.synchronous:
+            raise ValueError(f"a bounded delay needs the bsp pace, got {pace.name}")
         self.t, self.shard, self.params, self.pace, self.rule = transport, shard, params, pace, rule
         self.workers = list(workers)
         self.quorum = Quorum(quorum if quorum is not None else len(workers), len(workers))
+        self.delay = None if max_delay is None else BoundedDelay(max_delay)
+        self.decoder = decoder
         self.save = save
+        self.last = {w: -1 for w in self.workers}      # the round that took w's newest push
+        self.delay_max = 0                             # oldest contribution a closed round used
+        self.late = 0                                  # pushes that joined a later round
         self.active = set(self.workers)
         self.clocks = {w: 0 for w in self.workers}     # pushes received from each worker
         self.round = 0                                 # closed rounds (synchronous paces)
@@ -91,7 +107,9 @@ class ServerLoop:
                 "clocks": dict(self.clocks), "round": self.round,
                 "rounds": {c: {w: t.clone() for w, t in d.items()} for c, d in self.rounds.items()},
                 "aux": dict(self.aux), "applied": self.applied, "dropped": dict(self.dropped),
-                "pulls": self.pulls, "max_staleness": self.max_staleness}
+                "pulls": self.pulls, "max_staleness": self.max_staleness,
+                "last": dict(self.last), "delay_max": self.delay_max, "late": self.late,
+                "decoder": None if self.decoder is None else self.decoder.state_dict()}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.params.copy_(s["params"])
@@ -103,6 +121,10 @@ class ServerLoop:
         self.applied, self.pulls = int(s["applied"]), int(s["pulls"])
         self.dropped = {int(w): int(n) for w, n in s["dropped"].items()}
         self.max_staleness = int(s["max_staleness"])
+        self.last = {int(w): int(r) for w, r in s.get("last", self.last).items()}
+        self.delay_max, self.late = int(s.get("delay_max", 0)), int(s.get("late", 0))
+        if self.decoder is not None and s.get("decoder") is not None:
+            self.decoder.load_state_dict(s["decoder"])
 
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -148,34 +170,64 @@ class ServerLoop:
         self._answer_pulls()
         self._maybe_checkpoint()
 
-    def _push(self, w: int, h: Header) -> None:
+    def _receive_push(self, w: int, h: Header) -> torch.Tensor:
+        """The push's values: received as they are, or a codec's message decoded."""
         if h.length != self.params.numel():
             raise PeerError(f"parameter server shard {self.shard}: push of {h.length} values from "
                             f"rank {w}, expected {self.params.numel()}")
-        self.t.recv(self._buf, src=w, tag=TAG_PAYLOAD)
-        self.bytes_in += self._buf.numel() * self._buf.element_size()
+        if not h.flags & FLAG_COMPRESSED:
+            self.t.recv(self._buf, src=w, tag=TAG_PAYLOAD)
+            self.bytes_in += self._buf.numel() * self._buf.element_size()
+            return self._buf
+        if self.decoder is None:
+            raise PeerError(f"parameter server shard {self.shard}: a compressed push from rank {w}, "
+                            "but this server has no codec")
+        message = torch.empty(h.arg0, dtype=torch.uint8)
+        self.t.recv(message, src=w, tag=TAG_PAYLOAD)
+        self.bytes_in += h.arg0
+        return self.decoder.decode(w, message)
+
+    def _push(self, w: int, h: Header) -> None:
+        value = self._receive_push(w, h)
         self.clocks[w] = max(self.clocks[w], h.clock + 1)
         if not self.pace.synchronous:
-            self.rule(self.params, self._buf, 1, h.aux)
+            self.rule(self.params, value, 1, h.aux)
             self.applied += 1
-        elif h.clock < self.round:      # its round closed without it (quorum): drop, count
-            self.dropped[w] += 1
-        else:
-            self.rounds.setdefault(h.clock, {})[w] = self._buf.clone()
-            self.aux.setdefault(h.clock, h.aux)
+            return
+        clock = h.clock
+        if clock < self.round:          # its round closed without it
+            if self.delay is None:      # quorum (backup workers): drop, count
+                self.dropped[w] += 1
+                return
+            clock = self.round          # bounded delay: it joins the open round, late
+            self.late += 1
+        got = self.rounds.setdefault(clock, {})
+        got[w] = got[w] + value if w in got else value.clone()
+        self.aux.setdefault(clock, h.aux)
 
     def _close_rounds(self, force: bool = False) -> None:
         while self.round in self.rounds:
             got = self.rounds[self.round]
-            if not (force or self.quorum.closes(len(got), len(self.active))):
+            if not (force or (self.quorum.closes(len(got), len(self.active))
+                              and not self._waits_for_overdue(got))):
                 return
             total = got[min(got)].clone()
             for w in sorted(got)[1:]:            # rank order: deterministic sums
                 total.add_(got[w])
             self.rule(self.params, total, len(got), self.aux.pop(self.round))
             self.applied += len(got)
+            absent = [w for w in self.active if w not in got]
+            self.delay_max = max([self.delay_max] + [self.round - self.last[w] for w in absent])
+            for w in got:
+                self.last[w] = self.round
             del self.rounds[self.round]
             self.round += 1
+
+    def _waits_for_overdue(self, got: dict[int, torch.Tensor]) -> bool:
+        """Bounded delay: an active worker would be too stale if this round closed without it."""
+        if self.delay is None:
+            return False
+        return any(w not in got for w in self.delay.overdue(self.round, self.last, self.active))
 
     def progress(self) -> int:
         """Closed rounds (synchronous) or the slowest active worker's clock (asynchronous)."""
@@ -185,9 +237,10 @@ class ServerLoop:
 
     def _answer_pulls(self) -> None:
         progress = self.progress()
+        pending = {w for got in self.rounds.values() for w in got}
         keep = []
         for w, clock, since in self.held:
-            if self.pace.ready(clock, progress):
+            if w not in pending and self.pace.ready(clock, progress):
                 lag = self.pace.lag(clock, progress) if progress != _NEVER else 0
                 self._reply(w, clock, lag, time.perf_counter() - since)
             else:
@@ -231,4 +284,6 @@ class ServerLoop:
                 "pushes_dropped": sum(self.dropped.values()),
                 "dropped_by_worker": {str(w): n for w, n in self.dropped.items()},
                 "pulls": self.pulls, "rounds": self.round, "max_staleness": self.max_staleness,
+                "delay_max": self.delay_max if self.pace.synchronous else None,
+                "late_pushes": self.late,
                 "busy_seconds": self.busy_seconds, "bytes_pushed": self.bytes_in}
