@@ -80,6 +80,8 @@ def child(args) -> None:
     torch.set_num_threads(1)
     t = distml.init(timeout_s=300)
     rank = t.rank
+    if args.place_threads == "auto":      # what a distml worker does ([comm] place_threads)
+        t.place_threads(rank, K)
     if args.pin and len(os.sched_getaffinity(0)) >= K:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[rank]})   # one core per stage
     torch.manual_seed(0)
@@ -220,7 +222,8 @@ def run_children(args) -> list[dict]:
         cmd = [sys.executable, "-m", "distml", "launch", "-n", str(K), __file__, "--child", prefix,
                "--width", str(args.width), "--layers", str(args.layers), "--batch", str(args.batch),
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-               "--pingpong", str(args.pingpong), "--pin", str(args.pin)]
+               "--pingpong", str(args.pingpong), "--pin", str(args.pin),
+               "--place-threads", args.place_threads]
         proc = subprocess.Popen(cmd, start_new_session=True)
         try:
             rc = proc.wait(timeout=args.timeout)
@@ -300,11 +303,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--pingpong", type=int, default=10)
     ap.add_argument("--pin", type=int, default=0, help="1: pin stage r to CPU core r")
+    ap.add_argument("--place-threads", choices=("auto", "off"), default="auto",
+                    help="gloo thread placement, as [comm] place_threads (default auto)")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--child", metavar="PREFIX", help=argparse.SUPPRESS)
     args = ap.parse_args()
