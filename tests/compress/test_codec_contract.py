@@ -44,6 +44,19 @@ def test_round_trip_keeps_shape_and_dtype(spec, dtype):
         assert torch.equal(x, y)
 
 
+@pytest.mark.parametrize("ef", [False, True])
+@pytest.mark.parametrize("spec", SPECS + CHAINS, ids=str)
+def test_a_codec_that_says_it_decodes_without_state_does(spec, ef):
+    """A parameter server mirrors the sender's state only where ``decode_needs_state``."""
+    codec = _codec(spec, ef and not _codec(spec).lossless)
+    x = _x()
+    payload, state = codec.compress(x, codec.init(x))
+    if codec.decode_needs_state:
+        assert isinstance(spec, list) or "randomk" in str(spec)
+    else:
+        assert torch.equal(codec.decompress(payload, x, None), codec.decompress(payload, x, state))
+
+
 def test_casts_are_exact_where_the_narrow_type_represents_the_value():
     x = torch.arange(-64, 64, dtype=torch.float32) / 4        # exactly representable in both
     for name in ("fp16", "bf16"):

@@ -30,12 +30,16 @@ class Compressor:
         fixed_size: the payload's shapes depend only on ``x``'s shape (so an all-gather
             needs no length exchange); threshold filtering is the exception.
         cast: an element-wise cast (fp16, bf16), allowed after another codec in a chain.
+        decode_needs_state: ``decompress`` needs the sender's state (random-k rebuilds its
+            indices from the shared step counter); a receiver that is not itself sending in
+            lock-step (a parameter server) must mirror that state.
     """
 
     summable = False
     lossless = False
     fixed_size = True
     cast = False
+    decode_needs_state = False
 
     def __init__(self):
         pass     # an explicit signature: the registry passes only the parameters it names
@@ -101,6 +105,7 @@ class ErrorFeedback(Compressor):
         self.inner = inner
         self.summable = inner.summable
         self.fixed_size = inner.fixed_size
+        self.decode_needs_state = inner.decode_needs_state
 
     def init(self, like: torch.Tensor) -> dict[str, Any]:
         return {"residual": torch.zeros_like(like).reshape(-1), "inner": self.inner.init(like)}
@@ -137,6 +142,7 @@ class Chain(Compressor):
         self.summable = first.summable
         self.fixed_size = first.fixed_size
         self.lossless = first.lossless and all(c.lossless for c in casts)
+        self.decode_needs_state = first.decode_needs_state
 
     def init(self, like):
         return self.first.init(like)

@@ -57,6 +57,7 @@ class MomentumCorrection(Compressor):
         self.nesterov, self.masking = bool(nesterov), bool(masking)
         self.summable, self.fixed_size = inner.summable, inner.fixed_size
         self.lossless, self.cast = inner.lossless, False
+        self.decode_needs_state = inner.decode_needs_state
 
     def init(self, like: torch.Tensor) -> dict[str, Any]:
         return {"velocity": torch.zeros_like(like).reshape(-1), "inner": self.inner.init(like)}

@@ -27,6 +27,7 @@ class RandomK(Compressor):
     """
 
     summable = True
+    decode_needs_state = True      # the indices come from the shared step counter
 
     def __init__(self, ratio: float = 0.01, seed: int = 0):
         if not 0 < ratio <= 1:

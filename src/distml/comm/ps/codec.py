@@ -48,17 +48,6 @@ class PushEncoder:
         self.states = list(state["states"])
 
 
-def _decode_needs_state(codec, like: torch.Tensor) -> bool:
-    """Whether ``decompress`` needs the sender's state (random-k's shared step): try it
-    without, on a message of zeros."""
-    payload, _ = codec.compress(torch.zeros_like(like), codec.init(like))
-    try:
-        codec.decompress(payload, like, None)
-    except (ValueError, TypeError, KeyError):
-        return True
-    return False
-
-
 class PushDecoder:
     """The server's side for one shard: decode a worker's message into a tensor like ``like``.
 
@@ -71,7 +60,7 @@ class PushDecoder:
     def __init__(self, codec, like: torch.Tensor, workers: list[int]):
         self.codec, self.like = codec, torch.zeros_like(like)
         self.mirror = ({w: codec.init(like) for w in workers}
-                       if _decode_needs_state(codec, like) else None)
+                       if codec.decode_needs_state else None)
 
     def decode(self, worker: int, message: torch.Tensor) -> torch.Tensor:
         """The decompressed push of ``worker`` (call once per push received, applied or not)."""
