@@ -12,6 +12,8 @@ local epochs; every method runs ``--rounds`` rounds (``--rounds × --every`` epo
   models, relabel the local shard with the ensemble's soft outputs (T = 2), distil for one
   pass over the shard (these are extra optimizer steps: it computes about twice as much
   per round as the others);
+- ``ensemble_compression_anneal`` — the same with ``distill_schedule = "linear"`` (the
+  distillation's learning rate falls to 0 over its pass);
 - ``admm`` — consensus ADMM, ``local_steps`` = the steps of one round (2 workers);
 - ``gossip_ring`` / ``gossip_exponential`` — D-PSGD mixing once per round over a ring
   (Metropolis–Hastings 1/3) or the one-peer exponential graph, on **4** workers (with 2
@@ -28,7 +30,7 @@ the model, and for gossip the evaluation-time all-reduce of the replicas, one pe
 evaluation, which ``bytes_train`` leaves out). Methods run interleaved within each repeat,
 every run in fresh worker processes; medians over ``--repeats`` are reported.
 
-    python bench/aggregation.py --repeats 3      # the documented run (docs/benchmarks.md)
+    python bench/aggregation.py                  # the documented run, 9 repeats (docs/benchmarks.md)
     python bench/aggregation.py --quick          # smoke check: 1 round, 1 repeat, same code path
 
 Ends by printing one JSON line (DESIGN.md §5)::
@@ -38,7 +40,8 @@ Ends by printing one JSON line (DESIGN.md §5)::
 
 ``ec_minus_ma`` = (median accuracy of ensemble_compression − median accuracy of
 model_averaging) × 100, in percentage points; ``ec_minus_ma_paired`` = the per-repeat
-differences (same seed).
+differences (same seed); ``ec_minus_ma_by_round`` = the same difference of medians after
+each round 1..R; ``ec_anneal_minus_ma`` (and ``…_by_round``) for the annealed variant.
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ METHODS = {
     "ensemble_compression": (2, lambda h, a: {"name": "ensemble_compression", "every": a.every,
                                               "relabel_fraction": 1.0, "temperature": 2.0,
                                               "distill_epochs": 1}, "ec_round"),
+    "ensemble_compression_anneal": (2, lambda h, a: {"name": "ensemble_compression", "every": a.every,
+                                                     "relabel_fraction": 1.0, "temperature": 2.0,
+                                                     "distill_epochs": 1, "distill_schedule": "linear"},
+                                    "ec_round"),
     "admm": (2, lambda h, a: {"name": "admm", "local_steps": h}, "admm_round"),
     "gossip_ring": (4, lambda h, a: {"name": "gossip", "graph": "ring", "every": h}, "gossip_round"),
     "gossip_exponential": (4, lambda h, a: {"name": "gossip", "graph": "exponential", "every": h},
@@ -74,7 +81,7 @@ def base_config(workers: int, args, seed: int) -> dict:
         "data": {"source": {"name": "fashion_mnist"},
                  "partition": {"name": "shuffle_split", "reshuffle": "none"}, "batch_size": BATCH},
         "model": model,
-        "optim": {"name": "sgd", "lr": LR, "momentum": MOMENTUM},
+        "optim": {"name": "sgd", "lr": LR, "momentum": MOMENTUM, "schedule": args.schedule},
         "comm": {"timeout_s": 300},
         "train": {"epochs": args.rounds * args.every, "eval_every": 0, "progress": False,
                   "log_every": 50},
@@ -120,13 +127,28 @@ def one_run(method: str, args, seed: int, root: Path) -> dict:
     return out
 
 
+def by_round(runs: list[dict], reference: list[dict], args) -> list[float]:
+    """Median accuracy after each round minus the reference's, in points (rounds 1..R).
+
+    A run evaluates after every epoch (``eval_every = 0``) and at step 0, so round r's
+    figure is its curve's entry r·``--every``.
+    """
+    def median_at(rs, r):
+        return statistics.median(x["curve"][r * args.every] for x in rs)
+    return [round(100 * (median_at(runs, r) - median_at(reference, r)), 2)
+            for r in range(1, args.rounds + 1)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke check: 1 round, 1 repeat")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=9,
+                    help="seeds per method (the final accuracy moves by ±1 point between seeds)")
     ap.add_argument("--rounds", type=int, default=5, help="communication rounds R for every method")
     ap.add_argument("--every", type=int, default=1, help="local epochs per round")
     ap.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    ap.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                    help="learning-rate schedule for every method (cosine: to 0 over the run)")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help="comma-separated subset of: " + ", ".join(METHODS))
     ap.add_argument("--out", type=Path, default=None, help="keep the run folders here (default: a temp dir)")
@@ -169,12 +191,20 @@ def main() -> None:
         out["ec_minus_ma_paired"] = [round(100 * (e["test_accuracy"] - a["test_accuracy"]), 2)
                                      for e, a in zip(results["ensemble_compression"],
                                                      results["model_averaging"])]
+        out["ec_minus_ma_by_round"] = by_round(results["ensemble_compression"],
+                                               results["model_averaging"], args)
+        if "ensemble_compression_anneal" in methods:
+            out["ec_anneal_minus_ma"] = round(100 * (accuracy["ensemble_compression_anneal"]
+                                                     - accuracy["model_averaging"]), 2)
+            out["ec_anneal_minus_ma_by_round"] = by_round(results["ensemble_compression_anneal"],
+                                                          results["model_averaging"], args)
         out["ec_ensemble_accuracy"] = round(med("ensemble_compression", "ensemble_accuracy"), 4)
         out["ec_member_accuracy"] = round(med("ensemble_compression", "member_accuracy_mean"), 4)
     else:
         out["ec_minus_ma"] = None
     out.update({
         "rounds": args.rounds, "epochs_per_round": args.every, "repeats": args.repeats,
+        "schedule": args.schedule,
         "workers": {m: METHODS[m][0] for m in methods}, "model": args.model,
         "bytes_train": {m: int(med(m, "bytes_train")) for m in methods},
         "wall_seconds": {m: round(med(m, "wall_seconds"), 2) for m in methods},

@@ -124,3 +124,26 @@ def test_ensemble_compression_distils_to_the_ensembles_accuracy(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["algorithm_metrics"]["ec_round"] == 4
     assert summary["test_accuracy"] > 0.85
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_distillation_schedule_sets_the_learning_rate_of_each_distillation_step(schedule):
+    """``distill_schedule = "linear"`` anneals from the current lr to 0 over the
+    distillation's steps and then gives the training loop its lr back."""
+    ec = ALGORITHMS.build({"name": "ensemble_compression", "distill_epochs": 2,
+                           "distill_schedule": schedule})
+    model = torch.nn.Linear(5, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    seen = []
+    step = opt.step
+    opt.step = lambda closure: (seen.append(opt.param_groups[0]["lr"]), step(closure))[1]
+    ec.model, ec.optimizer, ec._batch = model, opt, 10
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 5, generator=g), torch.randint(0, 3, (40,), generator=g)
+    soft = torch.softmax(torch.randn(40, 3, generator=g), 1)
+    ec._distil(x, y, soft, torch.ones(40, dtype=torch.bool), g)
+    want = [0.2] * 8 if schedule == "constant" else [0.2 * (1 - i / 8) for i in range(8)]
+    assert seen == pytest.approx(want)
+    assert opt.param_groups[0]["lr"] == 0.2
+    with pytest.raises(Exception, match="distill_schedule"):
+        ALGORITHMS.build({"name": "ensemble_compression", "distill_schedule": "cosine"})

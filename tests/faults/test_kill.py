@@ -13,14 +13,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from faultkit import (CKPT, STEPS, TIMEOUT_S, committed_step, error_times, kill_rank,
-                      logged_steps, summary, wait_until, write_config)
+                      logged_steps, rank_pid, summary, wait_until, write_config)
 
 from procs import distml, group_alive, session
 
@@ -74,6 +77,27 @@ def test_sigkilled_gossip_worker_ends_the_run_within_the_timeout(tmp_path):
     at, message = errors[0]
     assert at - killed_at <= TIMEOUT_S + 2.5, (at - killed_at, message)
     assert f"within {TIMEOUT_S} s" in message and "dead peer: rank 1 killed by SIGKILL" in message
+
+
+def _ended(pid: int) -> bool:
+    """Gone, or a zombie waiting for its new parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_workers_end_when_the_launcher_is_killed(tmp_path, how):
+    """An operator (or the OOM killer) ending ``distml run`` itself leaves no worker training."""
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path, "sync_sgd", steps=10**7, ckpt=0)
+    with session(_run_cmd(cfg, out)) as p:
+        wait_until(lambda: logged_steps(out), 90, "training", p)
+        ranks = [wait_until(lambda r=r: rank_pid(out, r, p), 30, f"rank {r}'s pid", p) for r in (0, 1)]
+        os.kill(p.pid, how)                 # the launcher only, not its process group
+        p.wait(10)
+        wait_until(lambda: all(_ended(pid) for pid in ranks), 15, "the workers to end")
 
 
 @pytest.mark.parametrize("algo", ["sync_sgd", "ps", "gossip"])

@@ -156,8 +156,7 @@ class ConsensusADMM(Algorithm):
         x = local.x()
         mean = t.all_reduce(x + local.u, op="avg")
         z_prev = local.accept(z_update(mean, self.rho, self.l2, local.mask), x)
-        sq = t.all_reduce(torch.tensor([float((x - local.z).pow(2).sum())], dtype=torch.float64),
-                          op="sum")
+        sq = t.all_reduce((x - local.z).double().pow(2).sum().reshape(1), op="sum")
         self.primal_residual, self.dual_residual = admm_residuals(
             float(sq[0]), local.z, z_prev, self.rho, t.world_size)
         if self.adaptive_rho:   # every rank sees the same residuals, so ρ stays equal

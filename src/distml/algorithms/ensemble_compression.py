@@ -45,6 +45,10 @@ class EnsembleCompression(Algorithm):
         relabel_fraction: share of the local shard relabelled with soft outputs, in (0, 1].
         temperature: softening temperature T (> 0).
         distill_epochs: passes over the local shard per distillation (>= 1).
+        distill_schedule: learning rate during a distillation: ``"constant"`` (the
+            optimizer's current one) or ``"linear"`` (from the current one down to 0 over the
+            distillation's steps, then restored), so the student settles on the ensemble's
+            outputs instead of ending a round with a full-size SGD step's noise.
 
     Raises:
         ValueError: a parameter out of range.
@@ -53,7 +57,7 @@ class EnsembleCompression(Algorithm):
     owns_loop = True   # it runs the standard loop, but needs the loop's data for distillation
 
     def __init__(self, every: int = 1, relabel_fraction: float = 1.0, temperature: float = 2.0,
-                 distill_epochs: int = 1):
+                 distill_epochs: int = 1, distill_schedule: str = "constant"):
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1 (epochs), got {every!r}")
         if not 0 < relabel_fraction <= 1:
@@ -62,6 +66,9 @@ class EnsembleCompression(Algorithm):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not isinstance(distill_epochs, int) or distill_epochs < 1:
             raise ValueError(f"distill_epochs must be an integer >= 1, got {distill_epochs!r}")
+        if distill_schedule not in ("constant", "linear"):
+            raise ValueError(f"distill_schedule must be 'constant' or 'linear', got {distill_schedule!r}")
+        self.distill_schedule = distill_schedule
         self.every, self.relabel_fraction = every, float(relabel_fraction)
         self.temperature, self.distill_epochs = float(temperature), distill_epochs
         self.round = 0
@@ -113,10 +120,16 @@ class EnsembleCompression(Algorithm):
 
     def _distil(self, x, y, soft, relabelled, g: torch.Generator) -> None:
         model, opt, b = self.model, self.optimizer, self._batch
+        base_lrs = [group["lr"] for group in opt.param_groups]
+        total, done = self.distill_epochs * (len(y) // b), 0
         for _ in range(self.distill_epochs):
             order = torch.randperm(len(y), generator=g).to(y.device)
             for i in range(0, len(y) - b + 1, b):
                 idx = order[i:i + b]
+                if self.distill_schedule == "linear":
+                    for group, lr in zip(opt.param_groups, base_lrs):
+                        group["lr"] = lr * (1 - done / total)
+                done += 1
 
                 def closure(idx=idx):
                     opt.zero_grad(set_to_none=True)
@@ -126,6 +139,8 @@ class EnsembleCompression(Algorithm):
                     return loss
 
                 opt.step(closure)
+        for group, lr in zip(opt.param_groups, base_lrs):
+            group["lr"] = lr
 
     def at_eval(self, step: int) -> dict[str, Any]:
         if self._pending is not None and self._test is not None:
@@ -143,7 +158,7 @@ class EnsembleCompression(Algorithm):
     def describe(self) -> dict[str, Any]:
         return {"algorithm": "ensemble_compression", "every_epochs": self.every,
                 "relabel_fraction": self.relabel_fraction, "temperature": self.temperature,
-                "distill_epochs": self.distill_epochs}
+                "distill_epochs": self.distill_epochs, "distill_schedule": self.distill_schedule}
 
     def state_dict(self) -> dict[str, Any]:
         return {"round": self.round, "last": dict(self.last)}

@@ -164,7 +164,7 @@ class Gossip(Algorithm):
     def at_eval(self, step: int) -> dict[str, Any]:
         x = flatten(self.params)
         mean = self.transport.all_reduce(x.clone(), op="avg")
-        sq = torch.tensor([float((x - mean).double().pow(2).sum())], dtype=torch.float64)
+        sq = (x - mean).double().pow(2).sum().reshape(1)     # on x's device (NCCL takes no CPU tensor)
         self.transport.all_reduce(sq, op="sum")
         if self._average is None:
             self._average = copy.deepcopy(self.model)

@@ -341,15 +341,19 @@ class Transport:
         """
         if self.world_size == 1:
             return [json.loads(json.dumps(obj))]
-        data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
+        # NCCL carries only tensors on this rank's GPU; gloo takes host tensors
+        device = (torch.device("cuda", torch.cuda.current_device())
+                  if dist.get_backend(self.group) == "nccl" else torch.device("cpu"))
+        data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8).to(device)
 
         def gather():
-            sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
-            dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64), group=self.group)
+            sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(self.world_size)]
+            dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64, device=device),
+                            group=self.group)
             longest = int(max(t.item() for t in sizes))
-            padded = torch.zeros(longest, dtype=torch.uint8)
+            padded = torch.zeros(longest, dtype=torch.uint8, device=device)
             padded[:data.numel()] = data
-            out = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world_size)]
+            out = [torch.empty(longest, dtype=torch.uint8, device=device) for _ in range(self.world_size)]
             dist.all_gather(out, padded, group=self.group)
             return [json.loads(bytes(t[:int(n.item())].tolist()).decode())
                     for t, n in zip(out, sizes)]
@@ -382,33 +386,47 @@ class Transport:
         self.stats.wait_seconds += time.perf_counter() - t0
 
     # ---- point to point --------------------------------------------------------------
+    # gloo's TCP pairs read and write host memory only: its collectives stage CUDA tensors
+    # through the CPU themselves, its send/recv do not (writev fails with "Bad address"),
+    # so these four copy through a host buffer there. NCCL takes CUDA tensors as they are.
+    def _host_staged(self, t: torch.Tensor) -> bool:
+        return t.is_cuda and dist.get_backend(self.group) == "gloo"
+
     def send(self, x: torch.Tensor, dst: int, tag: int = 0) -> None:
         n = nbytes(x)
-        self._timed("send", lambda: dist.send(x, self._global_ranks[dst], group=self.group, tag=tag),
+        wire = x.detach().cpu() if self._host_staged(x) else x
+        self._timed("send", lambda: dist.send(wire, self._global_ranks[dst], group=self.group, tag=tag),
                     n, 0)
 
     def isend(self, x: torch.Tensor, dst: int, tag: int = 0) -> Handle:
         n = nbytes(x)
-        return self._start("send", lambda: dist.isend(x, self._global_ranks[dst], group=self.group,
+        wire = x.detach().cpu() if self._host_staged(x) else x     # the work item keeps it alive
+        return self._start("send", lambda: dist.isend(wire, self._global_ranks[dst], group=self.group,
                                                       tag=tag), n, 0, result=x)
 
     def recv(self, out: torch.Tensor, src: int | None = None, tag: int = 0) -> int:
         """Receive into ``out``; ``src=None`` takes any sender. Returns the sender's group rank."""
         n = nbytes(out)
         peer = None if src is None else self._global_ranks[src]
-        sender = self._timed("recv", lambda: dist.recv(out, peer, group=self.group, tag=tag), 0, n)
+        wire = torch.empty_like(out, device="cpu") if self._host_staged(out) else out
+        sender = self._timed("recv", lambda: dist.recv(wire, peer, group=self.group, tag=tag), 0, n)
+        if wire is not out:
+            out.copy_(wire)
         return self._global_ranks.index(sender)
 
     def irecv(self, out: torch.Tensor, src: int | None = None, tag: int = 0) -> Handle:
         n = nbytes(out)
         peer = None if src is None else self._global_ranks[src]
+        wire = torch.empty_like(out, device="cpu") if self._host_staged(out) else out
         work_box = {}
 
         def start():
-            work_box["w"] = dist.irecv(out, peer, group=self.group, tag=tag)
+            work_box["w"] = dist.irecv(wire, peer, group=self.group, tag=tag)
             return work_box["w"]
 
         def sender():
+            if wire is not out:
+                out.copy_(wire)
             return self._global_ranks.index(work_box["w"]._source_rank()) if src is None else src
 
         return self._start("recv", start, 0, n, on_done=sender)

@@ -13,6 +13,7 @@ checkpoint, up to N times, with one line per restart.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -62,7 +63,31 @@ def _loopback_env(env: dict[str, str]) -> None:
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 
-def _child(rank: int, world: int, port: int, job: WorkerJob, timeout_s: float) -> None:
+_PR_SET_PDEATHSIG = 1     # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGTERM this process when ``parent_pid`` (its launcher) dies.
+
+    A launcher killed from outside (SIGKILL, or SIGTERM, whose default action skips every
+    ``finally``) cannot stop its workers itself; without this they would train on as
+    orphans. Linux's ``prctl(PR_SET_PDEATHSIG)``; the signal follows the death of the
+    thread that started the child, and the launchers below wait in that same thread.
+    Exits at once if the launcher already died before the call (the race prctl leaves).
+    Elsewhere than Linux it only makes that last check.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):   # no libc symbol: keep the check below
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(128 + int(signal.SIGTERM))
+
+
+def _child(rank: int, world: int, port: int, job: WorkerJob, timeout_s: float,
+           launcher_pid: int) -> None:
+    die_with_parent(launcher_pid)
     _loopback_env(os.environ)
     store_box: dict[str, Any] = {}
 
@@ -158,7 +183,7 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
     """
     store, port = _host_store(timeout_s)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(r, world, port, job, timeout_s),
+    procs = [ctx.Process(target=_child, args=(r, world, port, job, timeout_s, os.getpid()),
                          name=f"distml-rank{r}", daemon=False) for r in range(world)]
     exits: dict[int, WorkerExit] = {}
     try:
@@ -278,7 +303,8 @@ def launch_script(script: str, args: list[str], world: int, timeout_s: float = 6
                        LOCAL_WORLD_SIZE=str(world), MASTER_ADDR=LOOPBACK, MASTER_PORT=str(port),
                        TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_RESTART_COUNT="0")
             _loopback_env(env)
-            procs.append(subprocess.Popen([sys.executable, script, *args], env=env))
+            procs.append(subprocess.Popen([sys.executable, script, *args], env=env,
+                                          preexec_fn=lambda pid=os.getpid(): die_with_parent(pid)))
         first_bad, deadline = 0, None
         while any(p.poll() is None for p in procs):
             time.sleep(0.2)

@@ -68,8 +68,12 @@ class Rendezvous:
         return Transport.store_client(self.host, self.port, timeout_s)
 
 
-def choose_device(config: RunConfig, local_rank: int) -> tuple[torch.device, str]:
-    """The rank's device and the matching backend (NCCL when CUDA is there, else gloo)."""
+def choose_device(config: RunConfig, local_rank: int, local_world: int = 1) -> tuple[torch.device, str]:
+    """The rank's device and the matching backend (NCCL when CUDA is there, else gloo).
+
+    NCCL refuses two ranks of one communicator on one GPU ("invalid usage"), so more
+    local ranks than GPUs on the NCCL backend is a config error, said before joining.
+    """
     want = config.train.device
     cuda = torch.cuda.is_available() and want != "cpu"
     if want == "cuda" and not torch.cuda.is_available():
@@ -80,6 +84,11 @@ def choose_device(config: RunConfig, local_rank: int) -> tuple[torch.device, str
         backend = "nccl" if cuda else "gloo"
     if backend == "nccl" and not cuda:
         raise UserError("comm.backend = 'nccl' needs CUDA devices; use 'gloo' on CPU")
+    if backend == "nccl" and local_world > torch.cuda.device_count():
+        raise UserError(f"comm.backend = 'nccl' takes one GPU per rank, but this host runs "
+                        f"{local_world} ranks and sees {torch.cuda.device_count()} GPU(s); use "
+                        f"at most that many workers per host, or comm.backend = 'gloo' (it "
+                        f"shares a GPU between ranks)")
     return device, backend
 
 
@@ -99,7 +108,7 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
     out_dir = Path(job.out_dir)
     _setup_logging(out_dir, rank)
     torch.set_num_threads(config.train.threads_per_worker)
-    device, backend = choose_device(config, local_rank)
+    device, backend = choose_device(config, local_rank, rendezvous.local_world(world))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     log.info("starting: pid %d, world %d, backend %s, device %s", os.getpid(), world, backend, device)

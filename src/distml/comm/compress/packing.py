@@ -9,10 +9,10 @@ def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
         return values.to(torch.uint8)
     per = 8 // bits
     n = values.numel()
-    padded = torch.zeros(-(-n // per) * per, dtype=torch.uint8)
+    padded = values.new_zeros(-(-n // per) * per, dtype=torch.uint8)
     padded[:n] = values
     lanes = padded.view(-1, per)
-    out = torch.zeros(lanes.shape[0], dtype=torch.uint8)
+    out = values.new_zeros(lanes.shape[0], dtype=torch.uint8)
     for j in range(per):
         out |= lanes[:, j] << (j * bits)
     return out

@@ -53,7 +53,7 @@ class QSGD(Compressor):
     def _buckets(self, flat: torch.Tensor) -> torch.Tensor:
         n = flat.numel()
         nb = max(1, math.ceil(n / self.bucket_size))
-        padded = torch.zeros(nb * self.bucket_size, dtype=flat.dtype)
+        padded = flat.new_zeros(nb * self.bucket_size)
         padded[:n] = flat
         return padded.view(nb, self.bucket_size)
 
@@ -63,8 +63,9 @@ class QSGD(Compressor):
         norms = (b.abs().amax(dim=1) if self.norm == "max" else b.norm(dim=1)).to(torch.float32)
         safe = torch.where(norms > 0, norms, torch.ones_like(norms)).to(flat.dtype)
         scaled = b.abs() / safe[:, None] * self.levels
+        # drawn from the CPU generator and then moved: the same bits on every device
         noise = torch.rand(scaled.shape, generator=generator(self.seed, self.worker_rank, state["step"]),
-                           dtype=scaled.dtype)
+                           dtype=scaled.dtype).to(scaled.device)
         level = torch.floor(scaled + noise).clamp_(max=self.levels)
         code = (torch.sign(b) * level + self.levels).reshape(-1)[:flat.numel()].to(torch.uint8)
         return (pack_bits(code, self.bits), norms), {"step": state["step"] + 1}
@@ -74,7 +75,7 @@ class QSGD(Compressor):
         n = like.numel()
         code = unpack_bits(packed, self.bits, n).to(like.dtype) - self.levels
         nb = norms.numel()
-        full = torch.zeros(nb * self.bucket_size, dtype=like.dtype)
+        full = like.new_zeros(nb * self.bucket_size)
         full[:n] = code
         out = full.view(nb, self.bucket_size) * (norms.to(like.dtype)[:, None] / self.levels)
         return out.reshape(-1)[:n].reshape(like.shape)

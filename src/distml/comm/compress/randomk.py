@@ -51,14 +51,14 @@ class RandomK(Compressor):
     def compress(self, x, state):
         flat = x.reshape(-1)
         idx = self._indices(flat.numel(), state["step"])
-        return (flat[idx],), {"step": state["step"] + 1}
+        return (flat[idx.to(flat.device)],), {"step": state["step"] + 1}
 
     def decompress(self, payload, like, state=None):
         if state is None:
             raise ValueError("randomk.decompress needs the state compress returned (the shared step)")
         idx = self._indices(like.numel(), state["step"] - 1)
-        out = torch.zeros(like.numel(), dtype=like.dtype)
-        out[idx] = payload[0].to(like.dtype)
+        out = like.new_zeros(like.numel())
+        out[idx.to(like.device)] = payload[0].to(like.dtype)
         return out.reshape(like.shape)
 
     def describe(self) -> str:

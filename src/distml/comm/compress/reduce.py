@@ -58,7 +58,7 @@ def reduce_mean(x: torch.Tensor, codec: Compressor | Reducer | None, state: Any,
     lengths = [[t.numel() for t in payload]] * world
     if not codec.fixed_size:
         # the header: every rank's payload lengths, so the gather can pad to the longest
-        mine = torch.tensor([t.numel() for t in payload], dtype=torch.int64)
+        mine = torch.tensor([t.numel() for t in payload], dtype=torch.int64, device=x.device)
         lengths = [g.tolist() for g in transport.all_gather(mine)]
         longest = [max(col) for col in zip(*lengths)]
         payload = tuple(torch.cat([t, t.new_zeros(n - t.numel())]) if n > t.numel() else t

@@ -42,7 +42,7 @@ class Sign(Compressor):
         padded = flat.new_zeros(nb * self.bucket_size)
         padded[:n] = flat.abs()
         # mean over the real entries only (the last bucket may be short)
-        counts = torch.full((nb,), float(self.bucket_size), dtype=flat.dtype)
+        counts = flat.new_full((nb,), float(self.bucket_size))
         counts[-1] = n - (nb - 1) * self.bucket_size
         scales = (padded.view(nb, self.bucket_size).sum(dim=1) / counts).to(torch.float32)
         return (pack_bits((flat >= 0).to(torch.uint8), 1), scales), state

@@ -39,7 +39,7 @@ class TopK(Compressor):
 
     def decompress(self, payload, like, state=None):
         idx, values = payload
-        out = torch.zeros(like.numel(), dtype=like.dtype)
+        out = like.new_zeros(like.numel())
         out.index_add_(0, idx.long(), values.to(like.dtype))
         return out.reshape(like.shape)
 
