@@ -8,6 +8,7 @@ the worker's wait is a blocking receive, not a spin.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -81,14 +82,21 @@ class PSClient:
         self.t, self.servers, self.bounds = transport, list(servers), list(bounds)
         self.encoder = encoder
 
-    def _wait(self, handles: list, what: str) -> None:
+    @contextmanager
+    def _about(self, what: str):
+        """Name the servers in a peer error of ``what``: raised when posting the messages (a
+        server already gone resets the connection at once) or when waiting on them."""
         try:
-            for h in handles:
-                h.wait()
+            yield
         except PeerError as e:
             raise PeerError(f"worker rank {self.t.global_rank}: {what} to the parameter servers "
                             f"(ranks {self._global(self.servers)}) failed: a server died or did not "
                             f"answer within {self.t.timeout.total_seconds():g} s ({e})") from None
+
+    def _wait(self, handles: list, what: str) -> None:
+        with self._about(what):
+            for h in handles:
+                h.wait()
 
     def _global(self, ranks: list[int]) -> str:
         return ", ".join(str(self.t.global_of(r)) for r in ranks)
@@ -101,16 +109,17 @@ class PSClient:
         """Send each shard of ``flat`` (do not modify it until ``wait()``), through the encoder
         if there is one; ``clock`` = pushes so far."""
         handles, keep = [], [flat]
-        for i, (srv, (a, b)) in enumerate(zip(self.servers, self.bounds)):
-            if self.encoder is None:
-                payload, head = flat[a:b], Header(PUSH, i, clock, b - a, aux=aux)
-            else:   # the codec's message: its byte count rides in arg0
-                payload = self.encoder.encode(i, flat[a:b])
-                head = Header(PUSH, i, clock, b - a, arg0=payload.numel(), aux=aux,
-                              flags=FLAG_COMPRESSED)
-            hdr, h = self._send_header(head, srv)
-            keep += [hdr, payload]
-            handles += [h, self.t.isend(payload, srv, tag=TAG_PAYLOAD)]
+        with self._about("push"):
+            for i, (srv, (a, b)) in enumerate(zip(self.servers, self.bounds)):
+                if self.encoder is None:
+                    payload, head = flat[a:b], Header(PUSH, i, clock, b - a, aux=aux)
+                else:   # the codec's message: its byte count rides in arg0
+                    payload = self.encoder.encode(i, flat[a:b])
+                    head = Header(PUSH, i, clock, b - a, arg0=payload.numel(), aux=aux,
+                                  flags=FLAG_COMPRESSED)
+                hdr, h = self._send_header(head, srv)
+                keep += [hdr, payload]
+                handles += [h, self.t.isend(payload, srv, tag=TAG_PAYLOAD)]
         return PushHandle(self, handles, keep)
 
     def _post_replies(self, out: torch.Tensor) -> tuple[list, list]:
@@ -124,41 +133,45 @@ class PSClient:
 
     def pull(self, out: torch.Tensor, clock: int) -> PullHandle:
         """Ask for the parameters as of ``clock`` (the pace decides when) into ``out``."""
-        handles, headers = self._post_replies(out)
         keep = []
-        for i, srv in enumerate(self.servers):
-            hdr, h = self._send_header(Header(PULL, i, clock), srv)
-            keep.append(hdr)
-            handles.append(h)
+        with self._about("pull"):
+            handles, headers = self._post_replies(out)
+            for i, srv in enumerate(self.servers):
+                hdr, h = self._send_header(Header(PULL, i, clock), srv)
+                keep.append(hdr)
+                handles.append(h)
         return PullHandle(self, handles, headers, keep)
 
     def checkpoint(self, step: int) -> None:
         """Ask every server to save its state at ``step``; returns once all saved it."""
         acks, handles = [], []
-        for srv in self.servers:
-            ack = empty_header()
-            acks.append(ack)
-            handles.append(self.t.irecv(ack, srv, tag=TAG_REPLY))
-        sends = [self._send_header(Header(CHECKPOINT, i, step), srv)
-                 for i, srv in enumerate(self.servers)]
+        with self._about("checkpoint"):
+            for srv in self.servers:
+                ack = empty_header()
+                acks.append(ack)
+                handles.append(self.t.irecv(ack, srv, tag=TAG_REPLY))
+            sends = [self._send_header(Header(CHECKPOINT, i, step), srv)
+                     for i, srv in enumerate(self.servers)]
         self._wait(handles + [h for _, h in sends], "checkpoint")
         if any(Header.decode(a).op != ACK for a in acks):
             raise PeerError("parameter server answered a checkpoint request with a non-ack")
 
     def stop(self) -> None:
         """Ask every worker to stop (they learn it from their next pull's reply)."""
-        self._wait([self._send_header(Header(STOP, i), srv)[1] for i, srv in enumerate(self.servers)],
-                   "stop")
+        with self._about("stop"):
+            sends = [self._send_header(Header(STOP, i), srv) for i, srv in enumerate(self.servers)]
+        self._wait([h for _, h in sends], "stop")
 
     def done(self, final_out: torch.Tensor | None = None) -> PullResult | None:
         """Tell the servers this worker finished; with ``final_out``, receive the final model
         (sent once every worker is done)."""
-        handles, headers = self._post_replies(final_out) if final_out is not None else ([], [])
         keep = []
-        for i, srv in enumerate(self.servers):
-            hdr, h = self._send_header(Header(DONE, i, 0, 0, int(final_out is not None)), srv)
-            keep.append(hdr)
-            handles.append(h)
+        with self._about("done"):
+            handles, headers = self._post_replies(final_out) if final_out is not None else ([], [])
+            for i, srv in enumerate(self.servers):
+                hdr, h = self._send_header(Header(DONE, i, 0, 0, int(final_out is not None)), srv)
+                keep.append(hdr)
+                handles.append(h)
         if final_out is None:
             self._wait(handles, "done")
             return None
