@@ -119,8 +119,8 @@ def run(config=None, *, overrides: list[str] | None = None, workers: int | None 
 
 def _why_no_checkpoint(cfg: RunConfig) -> str | None:
     """Why a restart of this run would start over from step 0, if it always would."""
-    algo = registries()["algorithm"].get(cfg.algorithm.name)
-    if not getattr(algo, "mid_run_checkpoints", True):
+    algo = registries()["algorithm"].build(cfg.algorithm.spec())
+    if not algo.mid_run_checkpoints:
         return f"{cfg.algorithm.name} writes no mid-run checkpoints"
     if not cfg.train.checkpoint_every:
         return "train.checkpoint_every = 0"

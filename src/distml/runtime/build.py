@@ -115,9 +115,7 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
                           f"for {config.workers} workers; at most {MAX_PROCESSES}")
     if processes != config.workers:
         world = config.workers
-    check = getattr(algorithm, "check_config", None)
-    if check is not None:
-        check(config)
+    algorithm.check_config(config)
     check_faults(config.faults, world, processes)
     partition = PARTITIONS.build(config.data.partition)
     loader = None if rank >= world else make_loader(
@@ -129,12 +127,10 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
         total_steps = min(total_steps, config.train.max_steps)
 
     model = build_model_for(config, info, user)
-    if getattr(algorithm, "sync_batchnorm", False) and torch.device(device).type != "cuda":
+    if algorithm.sync_batchnorm and torch.device(device).type != "cuda":
         raise ConfigError("algorithm.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm runs "
                           "on GPUs only); on CPU leave it false: each worker keeps its own statistics")
-    prepare = getattr(algorithm, "prepare_model", None)
-    if prepare is not None:
-        model = prepare(model)
+    model = algorithm.prepare_model(model)
     model = model.to(device=device, dtype=getattr(torch, config.train.dtype))
     if user is not None and user.loss is not None:
         loss_fn = user.loss

@@ -276,9 +276,7 @@ class TrainLoop:
                     self.save_checkpoint(done, wall(), loss_window)
                     return LoopResult(done, done - self.start_step, wall(), self.time_to_target,
                                       {}, last_loss, self.clock, completed=False)
-            end = getattr(p.algorithm, "on_train_end", None)
-            if end is not None:
-                end(done)       # e.g. a parameter-server worker's last push and final pull
+            p.algorithm.on_train_end(done)   # e.g. a parameter-server worker's last push and final pull
             self.check_finite_model(done)    # before model.pt and the summary are written
             total_wall = wall()
             t0 = time.perf_counter()
@@ -365,9 +363,9 @@ class TrainLoop:
         An algorithm whose workers are not in step (a parameter server's ASP/SSP) agrees
         its own way (``agree_to_stop``), so this is no hidden barrier.
         """
-        agree = getattr(self.parts.algorithm, "agree_to_stop", None)
-        if agree is not None:
-            return agree(mine and self.rank == 0)
+        own = self.parts.algorithm.agree_to_stop(mine and self.rank == 0)
+        if own is not None:
+            return own
         flag = torch.tensor([1.0 if (mine and self.rank == 0) else 0.0])
         self.transport.broadcast(flag, src=0)
         return bool(flag.item())
