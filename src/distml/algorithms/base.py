@@ -16,9 +16,10 @@ touches nothing else of the loop):
   source, loss), ``loop.transport``, ``loop.rank``, ``loop.device``, ``loop.dtype``,
   ``loop.classification``, ``loop.test_data`` (rank 0), ``loop.out_dir``, ``loop.clock``;
 * ``loop.to_device(t)``: a batch tensor on the device (floating ones in the run's dtype);
-* ``loop.total_steps`` and ``loop.steps_per_epoch`` (the run's, from
-  :func:`distml.runtime.steps.total_steps`), and ``loop.batches(loader, ...)``, the one
-  batch iterator (:func:`distml.runtime.steps.batches`);
+* ``loop.total_steps``, ``loop.steps_per_epoch`` and ``loop.batches(start)``: this rank's
+  run length and batches. A loop that reads the data another way (e.g. every rank the
+  same order) uses the same two functions: :func:`distml.partition.steps.total_steps`
+  (the one formula) and :func:`distml.partition.steps.batches` (the one iterator);
 * ``loop.run(resume, stop_after)``: the standard loop with this algorithm's hooks;
   ``loop.run_steps(step_fn, total_steps, steps_per_epoch)``: the clocks, logs,
   evaluations and progress bar around an algorithm's own step;
@@ -39,9 +40,10 @@ from torch import nn
 #: ``average``: averaged over the workers wherever models are averaged, and in the model
 #: that is evaluated and saved; ``rank0``: rank 0's, as DDP (only gradients are averaged);
 #: ``members``: each member of an ensemble keeps its own; ``owner``: model-parallel: each
-#: buffer lives on the rank holding its layer and is gathered with the parameters.
-BufferPolicy = Literal["average", "rank0", "members", "owner"]
-BUFFER_POLICIES: tuple[str, ...] = ("average", "rank0", "members", "owner")
+#: buffer lives on the rank holding its layer and is gathered with the parameters;
+#: ``shared``: one model in shared memory (Hogwild), updated by every worker.
+BufferPolicy = Literal["average", "rank0", "members", "owner", "shared"]
+BUFFER_POLICIES: tuple[str, ...] = ("average", "rank0", "members", "owner", "shared")
 
 
 @dataclass(frozen=True)

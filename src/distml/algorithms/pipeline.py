@@ -25,12 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from distml.algorithms import ALGORITHMS
+from distml.algorithms.registry import ALGORITHMS
 from distml.algorithms._sequential import flat, sequential_of, unflat
-from distml.algorithms.base import Algorithm
+from distml.algorithms.base import Algorithm, Supports
 from distml.errors import ConfigError
 from distml.optim import build_optimizer, build_schedule, needs_closure
 from distml.partition import PARTITIONS, make_loader
+from distml.partition.steps import batches, total_steps
 from distml.registry import split_spec
 
 SCHEDULES = ("gpipe", "1f1b")
@@ -117,6 +118,9 @@ class Pipeline(Algorithm):
     owns_loop = True
     mid_run_checkpoints = False     # run_steps: a restart starts over from step 0
 
+    buffers = "owner"
+    supports = Supports(wrap=False, precisions=("fp32",), models="sequential")
+
     def __init__(self, schedule: str = "gpipe", microbatches: int = 4, balance: str = "params"):
         if schedule not in SCHEDULES:
             raise ConfigError(f"pipeline: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
@@ -170,22 +174,20 @@ class Pipeline(Algorithm):
         order = make_loader(p.source, PARTITIONS.build(cfg.data.partition), 0, 1,
                             cfg.data.batch_size, cfg.seed, samples_per_epoch=cfg.data.samples_per_epoch)
         spe = order.steps_per_epoch
-        total = max(1, math.ceil(cfg.train.epochs * spe))
-        if cfg.train.max_steps is not None:
-            total = min(total, cfg.train.max_steps)
+        total = total_steps(cfg.train.epochs, spe, cfg.train.max_steps)
         lr_sched = build_schedule(cfg.optim.schedule, opt, total)
-        batches = _batches(order, spe)
+        it = batches(order, spe, total)
         last = k - 1
 
         def step(s: int) -> float:
-            x, y = next(batches)
+            _, x, y = next(it)
             opt.zero_grad(set_to_none=True)
             losses: list[torch.Tensor] = []
             if t.rank == 0:
-                sched.step(loop._to_device(x), target=loop._to_device(y) if k == 1 else None,
+                sched.step(loop.to_device(x), target=loop.to_device(y) if k == 1 else None,
                            losses=losses if k == 1 else None)
             elif t.rank == last:
-                sched.step(target=loop._to_device(y), losses=losses)
+                sched.step(target=loop.to_device(y), losses=losses)
             else:
                 sched.step()
             opt.step()
@@ -207,7 +209,7 @@ class Pipeline(Algorithm):
                                 cfg.data.batch_size, cfg.seed,
                                 samples_per_epoch=cfg.data.samples_per_epoch)
             x, _ = next(iter(first.batches(0)))
-            x = loop._to_device(x[: cfg.data.batch_size // self.microbatches])
+            x = loop.to_device(x[: cfg.data.batch_size // self.microbatches])
             times = torch.tensor(layer_times(layers, x), dtype=torch.float64)
         self.layer_seconds = [float(v) for v in t.broadcast(times, src=0)]
         return self.layer_seconds
@@ -241,9 +243,3 @@ class Pipeline(Algorithm):
                 unflat(got[r], s)
         return {}
 
-
-def _batches(loader, spe: int):
-    epoch = 0
-    while True:
-        yield from loader.batches(epoch)
-        epoch += 1

@@ -7,7 +7,6 @@ so a config that passes the dry run builds in every worker.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ from distml.errors import ConfigError
 from distml.models import build_loss, build_model
 from distml.optim import build_optimizer, build_schedule, is_full_batch, needs_closure
 from distml.partition import PARTITIONS, SOURCES, make_loader
+from distml.partition.steps import total_steps as run_steps
 from distml.registry import split_spec
 from distml.runtime.faults import check_faults
 
@@ -122,9 +122,7 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
         source, partition, rank, world, config.data.batch_size, config.seed,
         samples_per_epoch=config.data.samples_per_epoch)
     steps_per_epoch = 1 if (full_batch or loader is None) else loader.steps_per_epoch
-    total_steps = max(1, math.ceil(config.train.epochs * steps_per_epoch))
-    if config.train.max_steps is not None:
-        total_steps = min(total_steps, config.train.max_steps)
+    total_steps = run_steps(config.train.epochs, steps_per_epoch, config.train.max_steps)
 
     model = build_model_for(config, info, user)
     if algorithm.sync_batchnorm and torch.device(device).type != "cuda":

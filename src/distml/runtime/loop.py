@@ -20,6 +20,7 @@ import torch
 
 from distml.config import RunConfig
 from distml.errors import UserError
+from distml.partition.steps import batches
 from distml.runtime.build import Parts
 from distml.runtime.checkpoint import Checkpoints
 from distml.runtime.evaluate import evaluate
@@ -188,28 +189,28 @@ class TrainLoop:
         algo.after_step(step)
         return float(loss.detach())
 
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+    # ---- the loop API for algorithms that own their loop (algorithms/base.py) -------------
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
         """Move a batch tensor to the device; floating tensors also take the run's dtype."""
         if t.is_floating_point():
             return t.to(self.device, dtype=self.dtype, non_blocking=True)
         return t.to(self.device, non_blocking=True)
 
-    def _batches(self):
-        """Yield ``(step, x, y)`` from ``start_step`` on, resuming mid-epoch exactly."""
+    @property
+    def total_steps(self) -> int:
+        """The run's steps (:func:`distml.partition.steps.total_steps`)."""
+        return self.parts.total_steps
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.parts.steps_per_epoch
+
+    def batches(self, start: int | None = None):
+        """Yield this rank's ``(step, x, y)`` from ``start`` (default: where the run resumes)
+        to the last step (:func:`distml.partition.steps.batches`)."""
         p = self.parts
-        step = self.start_step
-        while step < p.total_steps:
-            epoch, offset = divmod(step, p.steps_per_epoch)
-            if p.full_batch:
-                x, y = p.loader.full_batch()
-                yield step, x, y
-                step += 1
-                continue
-            for x, y in p.loader.batches(epoch, start=offset):
-                yield step, x, y
-                step += 1
-                if step >= p.total_steps:
-                    return
+        return batches(p.loader, p.steps_per_epoch, p.total_steps,
+                       self.start_step if start is None else start, full_batch=p.full_batch)
 
     def run(self, resume: bool = False, stop_after: int | None = None) -> LoopResult:
         cfg = self.config.train
@@ -236,8 +237,8 @@ class TrainLoop:
             eval_time = time.perf_counter() - t_start
 
         try:
-            for step, x, y in self._batches():  # noqa: B007
-                x, y = self._to_device(x), self._to_device(y)
+            for step, x, y in self.batches():  # noqa: B007
+                x, y = self.to_device(x), self.to_device(y)
                 self.clock.start()
                 if self.faults is not None:
                     self.faults.begin()
