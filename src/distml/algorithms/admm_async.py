@@ -34,10 +34,10 @@ from torch import nn
 
 from distml.aggregate.admm import penalty_mask
 from distml.aggregate.server_rules import ConsensusRule
-from distml.algorithms.registry import ALGORITHMS
 from distml.algorithms.admm import LocalADMM
 from distml.algorithms.base import Supports
 from distml.algorithms.ps import ParameterServer, PSWorker
+from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import flatten
 from distml.comm.pace import BoundedDelay
 

@@ -26,8 +26,8 @@ import torch
 from distml.aggregate.distill import distillation_loss, soft_targets
 from distml.aggregate.ensemble import Ensemble, accuracy
 from distml.algorithms.base import Algorithm, Supports
-from distml.algorithms.registry import ALGORITHMS
 from distml.algorithms.ensemble import gather_members
+from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import broadcast_module
 from distml.errors import ConfigError
 

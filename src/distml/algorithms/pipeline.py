@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from distml.algorithms.registry import ALGORITHMS
 from distml.algorithms._sequential import flat, sequential_of, unflat
 from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.registry import ALGORITHMS
+from distml.comm.buffers import floating_buffers
 from distml.errors import ConfigError
 from distml.optim import build_optimizer, build_schedule, needs_closure
 from distml.partition import PARTITIONS, make_loader
@@ -231,9 +232,10 @@ class Pipeline(Algorithm):
             mod.register_forward_pre_hook(in_hook)
 
     def at_eval(self, step: int) -> dict[str, Any]:
-        """Every rank gets every stage's parameters (rank 0 evaluates and saves the model)."""
+        """Every rank gets every stage's parameters and floating buffers (BatchNorm
+        statistics live on the stage that trains the layer); rank 0 evaluates and saves."""
         t = self.transport
-        stages = [[q for m in self.layers[a:b] for q in m.parameters()]
+        stages = [[q for m in self.layers[a:b] for q in [*m.parameters(), *floating_buffers(m)]]
                   for a, b in zip(self.bounds, self.bounds[1:])]
         width = max(max(sum(q.numel() for q in s) for s in stages), 1)
         dtype = next(self.model.parameters()).dtype

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from distml.algorithms.registry import ALGORITHMS
 from distml.algorithms._sequential import sequential_of
 from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.registry import ALGORITHMS
+from distml.comm.buffers import copy_buffers
 from distml.errors import ConfigError
 from distml.optim import build_optimizer, build_schedule, needs_closure
 from distml.partition import PARTITIONS, make_loader
@@ -132,6 +133,7 @@ class TensorParallel(Algorithm):
         for name, q in self.tp_model.named_parameters():
             v = q.full_tensor() if hasattr(q, "full_tensor") else q
             full[name].copy_(v.detach())
+        copy_buffers(self.tp_model, self.plain)   # replicated layers: every rank's are equal
         return {}
 
     def eval_model(self) -> nn.Module:

@@ -105,8 +105,7 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
     if source.online and config.data.samples_per_epoch is None:
         raise ConfigError("an online data source needs data.samples_per_epoch (the length of "
                           "one epoch), e.g. --set data.samples_per_epoch=20000")
-    codec = _check_composition(config, rank)
-    algorithm = ALGORITHMS.build(config.algorithm.spec(), codec=codec)
+    algorithm = build_algorithm(config, rank)
     # roles (DESIGN.md §4): when the algorithm starts more processes than workers (servers),
     # ranks 0..workers-1 train on the data and the others build no data loader
     processes = algorithm.launch_size(config.workers)
@@ -145,6 +144,11 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
                  optimizer=optimizer, schedule=schedule, algorithm=algorithm,
                  steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                  full_batch=full_batch, needs_closure=closure)
+
+
+def build_algorithm(config: RunConfig, rank: int = 0):
+    """The run's algorithm, with its codec (combinations DESIGN.md §3.1 leaves out refused)."""
+    return ALGORITHMS.build(config.algorithm.spec(), codec=_check_composition(config, rank))
 
 
 def _check_composition(config: RunConfig, rank: int = 0):
