@@ -119,3 +119,59 @@ def test_saved_buffers_follow_the_declared_policy(tmp_path, digits_images, algor
         got = saved[key]
         assert not torch.allclose(got, initial), f"{key} stayed at its initial value"
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+# ---- pipeline: a BatchNorm on the second stage -------------------------------------------------
+PIPELINE_SCRIPT = """
+import sys
+import torch
+from torch import nn
+import distml
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.BatchNorm1d(16),
+                          nn.ReLU(), nn.Linear(16, 10))
+    config = {"name": "pipe", "seed": 3, "workers": 2,
+              "data": {"source": {"name": "sklearn", "dataset": "digits"}, "batch_size": 32},
+              "optim": {"name": "sgd", "lr": 1e-30},
+              "algorithm": {"name": "pipeline", "microbatches": 4},
+              "train": {"max_steps": %d, "eval_every": 2, "progress": False}}
+    distml.run(config, model=model, out=sys.argv[1])
+"""
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(120)
+def test_pipeline_saves_the_second_stages_batchnorm_statistics(tmp_path):
+    """Balanced by parameters, the first Linear is stage 0 and the BatchNorm lives on rank 1;
+    rank 0 saves the model, so the statistics must be gathered from rank 1."""
+    import sys
+
+    from procs import run
+    from distml.config import parse_config
+    from distml.partition import PARTITIONS, SOURCES, make_loader
+
+    script = tmp_path / "pipe.py"
+    script.write_text(PIPELINE_SCRIPT % STEPS)
+    res = run([sys.executable, str(script), str(tmp_path / "run")], timeout=110)
+    assert res.returncode == 0, res.stderr[-3000:]
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+
+    # the reference: every rank walks the same batches (one worker's order), each split into
+    # 4 micro-batches, through the initial model
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16),
+                                torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    cfg = parse_config({"seed": 3, "data": {"source": {"name": "sklearn", "dataset": "digits"},
+                                            "batch_size": 32}})
+    source = SOURCES.build(cfg.data.source, seed=cfg.seed)
+    order = make_loader(source, PARTITIONS.build(cfg.data.partition), 0, 1, 32, cfg.seed)
+    with torch.no_grad():
+        for _, x, _ in batches(order, order.steps_per_epoch, STEPS):
+            for micro in x.chunk(4):
+                model(micro)
+    for key in ("3.running_mean", "3.running_var"):
+        initial = torch.zeros(16) if key.endswith("mean") else torch.ones(16)
+        assert not torch.allclose(saved[key], initial), f"{key} stayed at its initial value"
+        torch.testing.assert_close(saved[key], model.state_dict()[key], rtol=1e-5, atol=1e-6)

@@ -168,6 +168,7 @@ class Pipeline(Algorithm):
         lo, hi = self.bounds[t.rank], self.bounds[t.rank + 1]
         stage_mod = nn.Sequential(*layers[lo:hi])    # shares the layers with p.model
         self._count_bytes(stage_mod, t.rank, k)
+        _restore_buffers_after_first_forward(stage_mod)
         stage = PipelineStage(stage_mod, t.rank, k, torch.device(loop.device), group=t.group)
         kind = ScheduleGPipe if self.schedule_name == "gpipe" else Schedule1F1B
         sched = kind(stage, self.microbatches, loss_fn=p.loss_fn)
@@ -245,3 +246,29 @@ class Pipeline(Algorithm):
                 unflat(got[r], s)
         return {}
 
+
+def _restore_buffers_after_first_forward(module: nn.Module) -> None:
+    """Keep the stage's first forward away from its buffers.
+
+    torch's ``PipelineStage`` infers shapes on the first schedule step by running the
+    stage once on uninitialized tensors (``torch.empty`` from the metadata; torch 2.13),
+    in train mode: BatchNorm would fold that garbage into its running statistics. That
+    forward runs on copies of the buffers; the module's own are put back after it (by
+    reference, not in place: the inference's graph still holds the copies).
+    """
+    originals: list[tuple[nn.Module, str, torch.Tensor]] = []
+
+    def before(mod, args):
+        for name, b in list(mod.named_buffers()):
+            owner, _, leaf = name.rpartition(".")
+            sub = mod.get_submodule(owner)
+            originals.append((sub, leaf, b))
+            setattr(sub, leaf, b.detach().clone())
+
+    def after(mod, args, out):
+        for sub, leaf, b in originals:
+            setattr(sub, leaf, b)
+        handles[0].remove()
+        handles[1].remove()
+
+    handles = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
