@@ -14,7 +14,9 @@ touches nothing else of the loop):
 
 * ``loop.config``, ``loop.parts`` (what ``build_parts`` made: model, optimizer, loader,
   source, loss), ``loop.transport``, ``loop.rank``, ``loop.device``, ``loop.dtype``,
-  ``loop.classification``, ``loop.test_data`` (rank 0), ``loop.out_dir``, ``loop.clock``;
+  ``loop.classification``, ``loop.test_data`` (rank 0), ``loop.out_dir``, ``loop.clock``
+  (an algorithm may narrow ``loop.transport`` to a subgroup before ``loop.run``, as the
+  parameter server's workers do: barriers and stop votes then stay among them);
 * ``loop.to_device(t)``: a batch tensor on the device (floating ones in the run's dtype);
 * ``loop.total_steps``, ``loop.steps_per_epoch`` and ``loop.batches(start)``: this rank's
   run length and batches. A loop that reads the data another way (e.g. every rank the
