@@ -18,7 +18,7 @@ from typing import Any
 
 from distml.config import RunConfig, load_config, parse_config
 from distml.errors import ConfigError
-from distml.runtime.build import UserParts, make_plan, registries
+from distml.runtime.build import UserParts, build_algorithm, make_plan, registries
 from distml.runtime.launcher import launch_local, launch_local_restarting
 from distml.runtime.rundir import prepare_run_dir, write_config
 from distml.runtime.worker import WorkerJob, read_summary
@@ -119,8 +119,7 @@ def run(config=None, *, overrides: list[str] | None = None, workers: int | None 
 
 def _why_no_checkpoint(cfg: RunConfig) -> str | None:
     """Why a restart of this run would start over from step 0, if it always would."""
-    algo = registries()["algorithm"].get(cfg.algorithm.name)
-    if not getattr(algo, "mid_run_checkpoints", True):
+    if not build_algorithm(cfg).mid_run_checkpoints:
         return f"{cfg.algorithm.name} writes no mid-run checkpoints"
     if not cfg.train.checkpoint_every:
         return "train.checkpoint_every = 0"

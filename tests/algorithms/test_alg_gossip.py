@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from procs import distml
-from distml.algorithms.gossip import reinitialize
+from distml.models.layers import reinitialize
 from distml.comm.buckets import flatten
 from distml.aggregate.mixing import choco_step, consensus_distance, mix_all
 from distml.comm.topology import build_graph, second_eigenvalue

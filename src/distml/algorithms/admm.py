@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from distml.aggregate.admm import admm_residuals, balance_rho, dual_update, penalty_mask, z_update
-from distml.algorithms import ALGORITHMS
-from distml.algorithms.base import Algorithm
+from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import broadcast_module, flatten, unflatten_into
+from distml.comm.buffers import average_buffers, copy_buffers
 
 
 class LocalADMM:
@@ -41,6 +42,7 @@ class LocalADMM:
     """
 
     def __init__(self, model: nn.Module, penalize_bias: bool = False):
+        self.model = model
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
         self.mask = penalty_mask([(n, p.numel()) for n, p in named], penalize_bias)
@@ -80,10 +82,19 @@ class LocalADMM:
         self.refresh()
 
     def consensus_model(self, z: torch.Tensor | None = None) -> nn.Module:
-        """A copy of the model carrying ``z`` (default: the z this worker last saw)."""
+        """A copy of the model carrying ``z`` (default: the z this worker last saw) and the
+        buffers last given by :meth:`average_buffers` or :meth:`take_buffers`."""
         unflatten_into(self.z if z is None else z,
                        [p for p in self._consensus.parameters() if p.requires_grad])
         return self._consensus
+
+    def average_buffers(self, transport) -> None:
+        """The consensus model's buffers become the mean of the workers' (every worker calls)."""
+        average_buffers(self.model, transport, into=self._consensus)
+
+    def take_buffers(self) -> None:
+        """The consensus model's buffers become this worker's own (no communication)."""
+        copy_buffers(self.model, self._consensus)
 
     def state_dict(self) -> dict[str, Any]:
         return {"z": self.z, "u": self.u}
@@ -114,6 +125,9 @@ class ConsensusADMM(Algorithm):
     Raises:
         ValueError: a parameter out of range.
     """
+
+    buffers = "average"    # the consensus model carries the workers' mean buffers
+    supports = Supports(wrap=False, precisions=("fp32", "bf16", "fp16"))   # wrap: loss_terms, eval_model
 
     def __init__(self, rho: float = 1.0, l2: float = 0.0, penalize_bias: bool = False,
                  local_steps: int = 1, adaptive_rho: bool = True, mu: float = 10.0,
@@ -171,6 +185,7 @@ class ConsensusADMM(Algorithm):
         return self.local.consensus_model()
 
     def at_eval(self, step: int) -> dict[str, Any]:
+        self.local.average_buffers(self.transport)
         return {"admm_round": self.round, "rho": self.rho,
                 "primal_residual": self.primal_residual, "dual_residual": self.dual_residual}
 

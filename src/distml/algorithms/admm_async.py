@@ -9,8 +9,8 @@ with the order of updates used here); Boyd et al. 2011, §7.1 (the synchronous m
 Composed from parts that exist: worker i runs the synchronous method's local solve
 (:class:`~distml.algorithms.admm.LocalADMM`: ``local_steps`` optimizer steps on
 ``f_i(x) + ρ/2‖x − z + u_i‖²``), then pushes the change of ``x_i + u_i`` since its last
-push to the parameter server (:class:`~distml.algorithms.ps.ParameterServer`) and pulls
-z. The server's rule keeps ``S = Σ_i (x_i + u_i)`` over all N workers — the newest
+push to the parameter server (:class:`~distml.algorithms.ps.ParameterServer`; the worker
+role is :class:`ADMMWorker`) and pulls z. The server's rule keeps ``S = Σ_i (x_i + u_i)`` over all N workers — the newest
 value of each, stale for those not in the round — and sets ``z = prox(S / N)`` with
 the synchronous method's :func:`~distml.aggregate.admm.z_update`. Its rounds close on
 the first ``quorum`` (P) pushes, but wait for any worker whose newest push would
@@ -18,6 +18,10 @@ otherwise be more than ``max_delay`` (τ) rounds old; a late push joins the open
 (:class:`~distml.comm.pace.BoundedDelay`). A worker's pull is answered once the round
 that took its push closed; it then runs ``u_i += x_i − z``. With P = N every round
 takes every worker: synchronous consensus ADMM.
+
+Buffers (BatchNorm statistics) follow the ``average`` policy without breaking the
+asynchrony: intermediate evaluations use rank 0's own buffers in the consensus model,
+and after the last step the workers average theirs once into it (the model saved).
 """
 
 from __future__ import annotations
@@ -28,87 +32,31 @@ from typing import Any
 import torch
 from torch import nn
 
-from distml.aggregate.admm import penalty_mask, z_update
-from distml.algorithms import ALGORITHMS
+from distml.aggregate.admm import penalty_mask
+from distml.aggregate.server_rules import ConsensusRule
 from distml.algorithms.admm import LocalADMM
-from distml.algorithms.ps import ParameterServer
+from distml.algorithms.base import Supports
+from distml.algorithms.ps import ParameterServer, PSWorker
+from distml.algorithms.registry import ALGORITHMS
+from distml.comm.buckets import flatten
 from distml.comm.pace import BoundedDelay
 
 
-class _ConsensusRule:
-    """The z-update on one shard. Pushes are changes of ``x_i + u_i``, so their running sum
-    ``S`` is ``Σ_i (x_i + u_i)`` with each worker's newest value; ``z = prox(S / N)``."""
+class ADMMWorker(PSWorker):
+    """Worker i of asynchronous ADMM: the local solve, then push the change of x_i + u_i,
+    pull z once the round that took it closed, and update u_i."""
 
-    def __init__(self, z0: torch.Tensor, workers: int, rho: float, l2: float, mask: torch.Tensor):
-        self.workers, self.rho, self.l2, self.mask = workers, rho, l2, mask
-        self.total = z0 * workers      # every worker starts at x_i = z0, u_i = 0
-
-    def __call__(self, params: torch.Tensor, total: torch.Tensor, count: int, aux: float) -> None:
-        self.total.add_(total)
-        params.copy_(z_update(self.total / self.workers, self.rho, self.l2, self.mask))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"total": self.total.clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.total.copy_(state["total"])
-
-
-@ALGORITHMS.register("admm_async", topology="parameter server",
-                     pace="partial barrier: first P of N, delay <= τ rounds", codecs="compressor",
-                     paper="Zhang & Kwok 2014; Chang et al. 2016 (AD-ADMM); Boyd et al. 2011 §7.1",
-                     summary="asynchronous consensus ADMM: z on a parameter server from the first "
-                             "P of N workers, bounded delay")
-class AsyncADMM(ParameterServer):
-    """Consensus ADMM whose z lives on parameter servers and closes rounds on a partial barrier.
-
-    Args:
-        rho: the penalty ρ (> 0), fixed (residual balancing needs every worker's residual
-            each round, which an asynchronous round does not have).
-        l2: L2 coefficient on the consensus weights (>= 0), applied in the z-update.
-        penalize_bias: apply l2 to biases too (scikit-learn does not).
-        local_steps: loop steps (optimizer steps) per worker round (>= 1).
-        quorum: P, the pushes that close a round (1 <= P <= workers); None: every worker.
-        max_delay: τ, the most rounds a worker's newest contribution may be old (>= 0);
-            0 waits for every worker every round.
-        servers: server processes (extra to the workers); z is split by key range.
-        reset_optimizer: clear the optimizer's state every round (the subproblem changes).
-        codec: set by distml from ``[comm] codec``: a Compressor on the pushes.
-
-    Raises:
-        ValueError: a parameter out of range.
-    """
-
-    def __init__(self, rho: float = 1.0, l2: float = 0.0, penalize_bias: bool = False,
-                 local_steps: int = 1, quorum: int | None = None, max_delay: int = 2,
-                 servers: int = 1, reset_optimizer: bool = True, codec=None):
-        if not 0 < rho < math.inf:
-            raise ValueError(f"rho must be a finite number > 0, got {rho}")
-        if not 0 <= l2 < math.inf:
-            raise ValueError(f"l2 must be a finite number >= 0, got {l2}")
-        if isinstance(local_steps, bool) or not isinstance(local_steps, int) or local_steps < 1:
-            raise ValueError(f"local_steps must be an integer >= 1, got {local_steps!r}")
-        self.max_delay = BoundedDelay(max_delay).tau
-        # pushes are changes of x_i + u_i; the servers hold z
-        super().__init__(servers=servers, pace="bsp", push="deltas", quorum=quorum, codec=codec)
-        self.rho, self.l2, self.penalize_bias = float(rho), float(l2), bool(penalize_bias)
-        self.local_steps, self.reset_optimizer = local_steps, bool(reset_optimizer)
+    def __init__(self, plan: "AsyncADMM", model, optimizer):
+        super().__init__(plan, model, optimizer)
+        self.rho, self.local_steps = plan.rho, plan.local_steps
+        self.reset_optimizer = plan.reset_optimizer
+        self.local = LocalADMM(model, plan.penalize_bias)
         self.admm_round = 0
         self.primal_residual: float | None = None    # ‖x_i − z‖ of this worker's last round
         self.dual_residual: float | None = None      # ρ‖z − z_prev‖ as this worker saw it
         self._final: torch.Tensor | None = None
+        self._buffers_averaged = False
 
-    def setup(self, model: nn.Module, optimizer, transport) -> None:
-        super().setup(model, optimizer, transport)
-        if not self.is_server:
-            self.local = LocalADMM(model, self.penalize_bias)
-
-    def _server_rule(self, shard: torch.Tensor, bounds: tuple[int, int]):
-        named = [(n, p.numel()) for n, p in self.model.named_parameters() if p.requires_grad]
-        mask = penalty_mask(named, self.penalize_bias)[bounds[0]:bounds[1]]
-        return _ConsensusRule(shard.clone(), self.workers, self.rho, self.l2, mask), shard
-
-    # ---- worker hooks ---------------------------------------------------------------------
     def loss_terms(self, model: nn.Module) -> torch.Tensor | None:
         return self.local.proximal_term(self.rho)
 
@@ -137,30 +85,31 @@ class AsyncADMM(ParameterServer):
         if self.reset_optimizer:
             self.optimizer.state.clear()
 
-    def on_train_end(self, step: int) -> None:
-        """Steps after the last full round are dropped; rank 0 receives the final z."""
+    def on_train_end(self, steps: int) -> None:
+        """Steps after the last full round are dropped; rank 0 receives the final z; the
+        workers average their buffers into the consensus model (every worker is here)."""
         first = not self._finished
-        super().on_train_end(step)
+        super().on_train_end(steps)
         if first and self.transport.rank == 0:
             self._final = self.flat.clone()
+        if first:
+            self.local.average_buffers(self.plan.workers_transport)
+            self._buffers_averaged = True
 
     def eval_model(self) -> nn.Module:
         return self.local.consensus_model(self._final)
 
     def at_eval(self, step: int) -> dict[str, Any]:
         """This worker's view (no communication at evaluations: the run stays asynchronous)."""
-        if self.is_server:
-            return {}
+        if not self._buffers_averaged:
+            self.local.take_buffers()
         return {**super().at_eval(step), "admm_round": self.admm_round, "rho": self.rho,
                 "primal_residual": self.primal_residual, "dual_residual": self.dual_residual}
 
-    # ---- state and results ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        if not state:
-            return state
-        return {**state, "admm": self.local.state_dict(), "admm_round": self.admm_round,
-                "primal_residual": self.primal_residual, "dual_residual": self.dual_residual}
+        return {**super().state_dict(), "admm": self.local.state_dict(),
+                "admm_round": self.admm_round, "primal_residual": self.primal_residual,
+                "dual_residual": self.dual_residual}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -170,11 +119,62 @@ class AsyncADMM(ParameterServer):
             self.primal_residual, self.dual_residual = state["primal_residual"], state["dual_residual"]
 
     def rank_metrics(self) -> dict[str, Any]:
-        out = super().rank_metrics()
-        if not self.is_server:
-            out.update(admm_round=self.admm_round, primal_residual=self.primal_residual,
-                       dual_residual=self.dual_residual)
-        return out
+        return {**super().rank_metrics(), "admm_round": self.admm_round,
+                "primal_residual": self.primal_residual, "dual_residual": self.dual_residual}
+
+
+@ALGORITHMS.register("admm_async", topology="parameter server",
+                     pace="partial barrier: first P of N, delay <= τ rounds", codecs="compressor",
+                     paper="Zhang & Kwok 2014; Chang et al. 2016 (AD-ADMM); Boyd et al. 2011 §7.1",
+                     summary="asynchronous consensus ADMM: z on a parameter server from the first "
+                             "P of N workers, bounded delay")
+class AsyncADMM(ParameterServer):
+    """Consensus ADMM whose z lives on parameter servers and closes rounds on a partial barrier.
+
+    Args:
+        rho: the penalty ρ (> 0), fixed (residual balancing needs every worker's residual
+            each round, which an asynchronous round does not have).
+        l2: L2 coefficient on the consensus weights (>= 0), applied in the z-update.
+        penalize_bias: apply l2 to biases too (scikit-learn does not).
+        local_steps: loop steps (optimizer steps) per worker round (>= 1).
+        quorum: P, the pushes that close a round (1 <= P <= workers); None: every worker.
+        max_delay: τ, the most rounds a worker's newest contribution may be old (>= 0);
+            0 waits for every worker every round.
+        servers: server processes (extra to the workers); z is split by key range.
+        reset_optimizer: clear the optimizer's state every round (the subproblem changes).
+        codec: set by distml from ``[comm] codec``: a Compressor on the pushes.
+
+    Raises:
+        ValueError: a parameter out of range.
+    """
+
+    buffers = "average"     # rank 0's at intermediate evaluations, the workers' mean at the end
+    supports = Supports(wrap=False, precisions=("fp32", "bf16", "fp16"))   # wrap: own loop
+
+    def __init__(self, rho: float = 1.0, l2: float = 0.0, penalize_bias: bool = False,
+                 local_steps: int = 1, quorum: int | None = None, max_delay: int = 2,
+                 servers: int = 1, reset_optimizer: bool = True, codec=None):
+        if not 0 < rho < math.inf:
+            raise ValueError(f"rho must be a finite number > 0, got {rho}")
+        if not 0 <= l2 < math.inf:
+            raise ValueError(f"l2 must be a finite number >= 0, got {l2}")
+        if isinstance(local_steps, bool) or not isinstance(local_steps, int) or local_steps < 1:
+            raise ValueError(f"local_steps must be an integer >= 1, got {local_steps!r}")
+        self.max_delay = BoundedDelay(max_delay).tau
+        # pushes are changes of x_i + u_i; the servers hold z
+        super().__init__(servers=servers, pace="bsp", push="deltas", quorum=quorum, codec=codec)
+        self.rho, self.l2, self.penalize_bias = float(rho), float(l2), bool(penalize_bias)
+        self.local_steps, self.reset_optimizer = local_steps, bool(reset_optimizer)
+
+    def worker_role(self) -> ADMMWorker:
+        return ADMMWorker(self, self.model, self.optimizer)
+
+    def server_rule(self, index: int) -> ConsensusRule:
+        a, b = self.bounds[index]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        named = [(n, p.numel()) for n, p in self.model.named_parameters() if p.requires_grad]
+        mask = penalty_mask(named, self.penalize_bias)[a:b]
+        return ConsensusRule(flatten(params)[a:b].clone(), self.workers, self.rho, self.l2, mask)
 
     def summary_extra(self, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         """Adds ``admm_async``: rounds, the measured delay, and residuals summed over workers

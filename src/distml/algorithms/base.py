@@ -1,44 +1,115 @@
-"""The contract between the worker loop and an algorithm (DESIGN.md §3).
+"""The contract between the runtime and an algorithm (DESIGN.md §3).
 
-Data-parallel algorithms implement hooks that the loop calls explicitly around its
-"forward, backward, optimizer step"; algorithms whose step has another shape set
-``owns_loop = True`` and implement ``run(ctx)`` on the same context instead.
+Every hook the runtime calls is declared on :class:`Algorithm` with a docstring and a
+default; the runtime calls them directly (it never probes with ``getattr``). Two shapes
+of algorithm share it (the model for the shape is Bagua's ``Algorithm`` base class):
+
+* **data-parallel** algorithms implement hooks that the worker loop calls around its
+  "forward, backward, optimizer step";
+* algorithms whose step has another shape set ``owns_loop = True`` and implement
+  ``run(loop)``, driving their steps through the **loop API** below.
+
+The loop API (public members of :class:`~distml.runtime.loop.TrainLoop`; an algorithm
+touches nothing else of the loop):
+
+* ``loop.config``, ``loop.parts`` (what ``build_parts`` made: model, optimizer, loader,
+  source, loss), ``loop.transport``, ``loop.rank``, ``loop.device``, ``loop.dtype``,
+  ``loop.classification``, ``loop.test_data`` (rank 0), ``loop.out_dir``, ``loop.clock``
+  (an algorithm may narrow ``loop.transport`` to a subgroup before ``loop.run``, as the
+  parameter server's workers do: barriers and stop votes then stay among them);
+* ``loop.to_device(t)``: a batch tensor on the device (floating ones in the run's dtype);
+* ``loop.total_steps``, ``loop.steps_per_epoch`` and ``loop.batches(start)``: this rank's
+  run length and batches. A loop that reads the data another way (e.g. every rank the
+  same order) uses the same two functions: :func:`distml.partition.steps.total_steps`
+  (the one formula) and :func:`distml.partition.steps.batches` (the one iterator);
+* ``loop.run(resume, stop_after)``: the standard loop with this algorithm's hooks;
+  ``loop.run_steps(step_fn, total_steps, steps_per_epoch)``: the clocks, logs,
+  evaluations and progress bar around an algorithm's own step;
+* ``loop.evaluate(step, wall, events)``, ``loop.checkpoints`` (write/load/latest_step),
+  ``loop.resume_requested`` and ``loop.stop_after`` (what the worker entry asked for).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+#: what happens to a model's buffers (BatchNorm running statistics, any registered
+#: buffer) at the synchronization, evaluation and save points (docs/models.md):
+#: ``average``: averaged over the workers wherever models are averaged, and in the model
+#: that is evaluated and saved; ``rank0``: rank 0's, as DDP (only gradients are averaged);
+#: ``members``: each member of an ensemble keeps its own; ``owner``: model-parallel: each
+#: buffer lives on the rank holding its layer and is gathered with the parameters;
+#: ``shared``: one model in shared memory (Hogwild), updated by every worker.
+BufferPolicy = Literal["average", "rank0", "members", "owner", "shared"]
+BUFFER_POLICIES: tuple[str, ...] = ("average", "rank0", "members", "owner", "shared")
 
-class Algorithm:
-    """Base class: every hook is a no-op, so an algorithm overrides only what it needs.
 
-    Lifecycle: ``setup`` once (after the model is built and before the first step), then
-    per step ``loss_terms`` → backward → ``after_backward`` → optimizer step →
-    ``after_step``. ``state_dict``/``load_state_dict`` make it checkpointable.
+@dataclass(frozen=True)
+class Supports:
+    """What an algorithm honours; anything else is refused before any process starts.
+
+    Args:
+        wrap: ``distml.wrap`` can run it: every hook it needs is one that
+            ``DistributedOptimizer`` calls (no ``loss_terms``, ``eval_model``,
+            ``on_train_end``, ``at_eval`` it depends on, no loop of its own).
+        precisions: the ``train.precision`` values it trains correctly with.
+        models: the model kinds it takes: ``"any"`` (any ``nn.Module``), ``"sequential"``
+            (a layer sequence holding every parameter), ``"linear"`` (one linear layer).
     """
 
+    wrap: bool = False
+    precisions: tuple[str, ...] = ("fp32",)
+    models: str = "any"
+
+
+class Algorithm:
+    """Base class: every hook has a default, so an algorithm overrides only what it needs.
+
+    Lifecycle (worker loop): ``check_config`` and ``prepare_model`` while building,
+    ``setup`` once, then per step ``loss_terms`` → backward → ``after_backward`` →
+    optimizer step → ``after_step``; at every evaluation point ``at_eval`` on every rank
+    and ``eval_model`` on rank 0; ``on_train_end`` after the last step; ``rank_metrics``
+    and ``summary_extra`` for the results; ``close`` before the process group goes.
+    """
+
+    #: the algorithm drives its own steps through ``run(loop)`` (see the loop API above)
     owns_loop = False
     #: a run can resume from a checkpoint taken mid-run (``--resume``, ``--max-restarts``);
     #: algorithms that drive their own steps (``TrainLoop.run_steps``) start over instead
     mid_run_checkpoints = True
     #: rank 0 evaluates while the others wait at a barrier (collective algorithms).
     synchronous_eval = True
+    #: the buffer policy (see :data:`BufferPolicy`)
+    buffers: BufferPolicy = "rank0"
+    #: what it honours (see :class:`Supports`)
+    supports = Supports()
+    #: BatchNorm layers become SyncBatchNorm (``prepare_model``); CUDA only, refused on CPU
+    sync_batchnorm = False
 
     def launch_size(self, workers: int) -> int:
         """How many processes the launcher starts for ``workers`` workers (servers are extra)."""
         return workers
 
+    def check_config(self, config) -> None:
+        """Refuse (``ConfigError``, one line) what does not compose with this algorithm;
+        called while building, before any process starts."""
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Before the optimizer is built: layer conversions that replace modules (e.g.
+        SyncBatchNorm); returns the model to train."""
+        return model
+
     def run(self, loop) -> Any:
-        """``owns_loop`` algorithms: train with ``loop`` (a :class:`~distml.runtime.loop.TrainLoop`
-        giving the parts, transport, evaluation, checkpoints and metrics) and return its
+        """``owns_loop`` algorithms: train with ``loop`` (the loop API above) and return its
         ``LoopResult``."""
         raise NotImplementedError(f"{type(self).__name__} sets owns_loop but has no run()")
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, transport) -> None:
+        """Once, after the model and optimizer are built: keep them, agree on a start."""
         self.model = model
         self.optimizer = optimizer
         self.transport = transport
@@ -57,8 +128,19 @@ class Algorithm:
     def after_step(self, step: int) -> None:
         """Model-level hook: after the optimizer step; e.g. average models every H steps."""
 
+    def on_train_end(self, steps: int) -> None:
+        """After the last step (``steps`` done), before the final evaluation: e.g. local
+        SGD's last average, a parameter-server worker's last push and final pull."""
+
+    def agree_to_stop(self, mine: bool) -> bool | None:
+        """Stop at the target: ``mine`` is rank 0's decision. Return whether this rank
+        stops, or None to let the loop broadcast rank 0's decision (collective
+        algorithms); an algorithm whose workers are not in step answers its own way."""
+        return None
+
     def eval_model(self) -> nn.Module:
-        """The model to evaluate and save (an ensemble, the consensus variable, ...)."""
+        """The model to evaluate and save as ``model.pt`` (an ensemble, the consensus
+        variable, ...), buffers included as the buffer policy says."""
         return self.model
 
     def at_eval(self, step: int) -> dict[str, Any]:
@@ -73,6 +155,15 @@ class Algorithm:
         run's architecture (e.g. an ensemble of ``workers`` copies); ``distml evaluate``
         loads the state dict into it."""
         return model
+
+    def rank_metrics(self) -> dict[str, Any]:
+        """This rank's figures, gathered from every rank at the end (``role`` other than
+        ``"worker"`` keeps a rank out of the workers' totals, e.g. a server)."""
+        return {}
+
+    def summary_extra(self, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+        """Rank 0: keys added to ``summary.json`` from every rank's ``rank_metrics``."""
+        return {}
 
     def describe(self) -> dict[str, Any]:
         """The resolved plan shown by ``distml run --dry-run``."""

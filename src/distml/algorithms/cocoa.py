@@ -23,31 +23,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from distml.algorithms import ALGORITHMS
-from distml.algorithms.base import Algorithm
+from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.registry import ALGORITHMS
 from distml.errors import ConfigError
+from distml.models.layers import linear_layer
 from distml.optim.glm import LOSSES, primal_loss
 from distml.optim.sdca import SDCA
+from distml.partition.steps import total_steps
 
 VARIANTS = ("cocoa", "cocoa+")
 _LOSS_OF_MODEL = {"hinge": "hinge", "cross_entropy": "logistic", "mse": "squared"}
-
-
-def linear_layer(owner: str, model: nn.Module, outputs: tuple[int, ...]) -> nn.Linear:
-    """The single ``nn.Linear`` a linear model consists of (its only parameters).
-
-    Raises:
-        ConfigError: the model has other parameters or the wrong number of outputs.
-    """
-    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    n_params = sum(1 for _ in model.parameters())
-    if len(layers) != 1 or n_params != sum(1 for _ in layers[0].parameters()):
-        raise ConfigError(f"{owner} needs a linear model (softmax, least_squares or linear_svm), "
-                          f"got {type(model).__name__}")
-    if layers[0].out_features not in outputs:
-        raise ConfigError(f"{owner} needs {' or '.join(map(str, outputs))} model outputs "
-                          f"(binary classification or regression), got {layers[0].out_features}")
-    return layers[0]
 
 
 @ALGORITHMS.register("cocoa", topology="collective", pace="bsp every round",
@@ -72,6 +57,8 @@ class CoCoA(Algorithm):
 
     owns_loop = True
     mid_run_checkpoints = False     # run_steps: a restart starts over from step 0
+
+    supports = Supports(wrap=False, precisions=("fp32",), models="linear")
 
     def __init__(self, lam: float = 1e-3, local_steps: int | None = None, variant: str = "cocoa+",
                  loss: str = "auto", gap_tol: float = 1e-6, rounds: int | None = None):
@@ -133,8 +120,9 @@ class CoCoA(Algorithm):
         self.w = np.zeros(x.shape[1])
         self.n_total = n_total
         h = self.local_steps or len(y)
-        rounds = self.rounds or max(1, math.ceil(loop.config.train.epochs * len(y) / h))
-        if loop.config.train.max_steps is not None:
+        rounds = self.rounds or total_steps(loop.config.train.epochs, len(y) / h,
+                                            loop.config.train.max_steps)
+        if self.rounds and loop.config.train.max_steps is not None:
             rounds = min(rounds, loop.config.train.max_steps)
 
         def one_round(step: int) -> dict[str, float] | None:

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from distml.aggregate.ensemble import MODES, Ensemble
-from distml.algorithms import ALGORITHMS
-from distml.algorithms.base import Algorithm
+from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import flatten, unflatten_into
 
 
@@ -56,6 +56,9 @@ class EnsembleAlgorithm(Algorithm):
     Raises:
         ValueError: an unknown mode.
     """
+
+    buffers = "members"     # every member keeps its own (gathered with its parameters)
+    supports = Supports(wrap=False, precisions=("fp32", "bf16", "fp16"))   # wrap: eval_model
 
     def __init__(self, mode: str = "average"):
         if mode not in MODES:

@@ -25,9 +25,9 @@ import torch
 
 from distml.aggregate.distill import distillation_loss, soft_targets
 from distml.aggregate.ensemble import Ensemble, accuracy
-from distml.algorithms import ALGORITHMS
-from distml.algorithms.base import Algorithm
+from distml.algorithms.base import Algorithm, Supports
 from distml.algorithms.ensemble import gather_members
+from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import broadcast_module
 from distml.errors import ConfigError
 
@@ -55,6 +55,10 @@ class EnsembleCompression(Algorithm):
     """
 
     owns_loop = True   # it runs the standard loop, but needs the loop's data for distillation
+
+    # the saved model is rank 0's distilled model (never averaged), with its own statistics
+    buffers = "rank0"
+    supports = Supports(wrap=False, precisions=("fp32", "bf16"))   # distillation runs in fp32
 
     def __init__(self, every: int = 1, relabel_fraction: float = 1.0, temperature: float = 2.0,
                  distill_epochs: int = 1, distill_schedule: str = "constant"):
@@ -88,8 +92,7 @@ class EnsembleCompression(Algorithm):
             raise ConfigError("ensemble_compression relabels the local shard: it needs an "
                               "offline data set (an online source has no fixed shard)")
         self._loader = p.loader
-        device, dtype = loop.device, loop.dtype
-        self._to_device = lambda t: t.to(device, dtype=dtype) if t.is_floating_point() else t.to(device)
+        self._to_device = loop.to_device
         self._steps_per_epoch, self._seed = p.steps_per_epoch, loop.config.seed
         self._batch = loop.config.data.batch_size
         self._test = loop.test_data

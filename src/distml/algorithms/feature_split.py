@@ -15,18 +15,18 @@ Memory: a worker stores n·d/K feature values and d/K weights; each rank writes
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from distml.algorithms import ALGORITHMS
-from distml.algorithms.base import Algorithm
-from distml.algorithms.cocoa import linear_layer
+from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.registry import ALGORITHMS
 from distml.errors import ConfigError
+from distml.models.layers import linear_layer
 from distml.optim import build_optimizer, build_schedule
 from distml.partition import PARTITIONS, FeatureSplit, make_loader
+from distml.partition.steps import total_steps
 from distml.registry import split_spec
 
 #: optimizers whose update of a coordinate depends only on that coordinate's gradient
@@ -50,6 +50,8 @@ class FeatureSplitLinear(Algorithm):
 
     owns_loop = True
     mid_run_checkpoints = False     # run_steps: a restart starts over from step 0
+
+    supports = Supports(wrap=False, precisions=("fp32",), models="linear")
 
     def __init__(self, chunk_rows: int = 4096):
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
@@ -105,9 +107,7 @@ class FeatureSplitLinear(Algorithm):
         opt = build_optimizer(cfg.optim.spec(), params)
         full = p.full_batch
         spe = 1 if full else order.steps_per_epoch
-        total = max(1, math.ceil(cfg.train.epochs * spe))
-        if cfg.train.max_steps is not None:
-            total = min(total, cfg.train.max_steps)
+        total = total_steps(cfg.train.epochs, spe, cfg.train.max_steps)
         sched = build_schedule(cfg.optim.schedule, opt, total)
         self._write_memory(loop, cols)
 

@@ -9,8 +9,10 @@ exponential graph), exchanging flat parameter vectors with point-to-point messag
 (all receives and sends are posted before any wait, so no pair can deadlock). This is
 the adapt-then-combine order (step, then mix); ``W`` is doubly stochastic, so mixing
 preserves the mean of the replicas. At every evaluation the workers all-reduce their
-parameters once to measure the consensus distance and to evaluate the replicas' mean
-(the model D-PSGD's analysis is about, and the one saved); those bytes are counted.
+parameters (and buffers, e.g. BatchNorm statistics) once to measure the consensus
+distance and to evaluate the replicas' mean (the model D-PSGD's analysis is about, and
+the one saved); those bytes are counted. Buffers are not mixed during training: each
+replica keeps its own statistics, as its own data gives them.
 
 With ``[comm] codec``, mixing follows CHOCO-SGD (Koloskova, Stich & Jaggi 2019): each
 worker sends ``Q(x_i − x̂_i)`` (a Compressor from :mod:`distml.comm.compress`), every
@@ -29,24 +31,14 @@ import torch
 from torch import nn
 
 from distml.aggregate.mixing import choco_step, consensus_distance_from_sums, mix_step
-from distml.algorithms import ALGORITHMS
-from distml.algorithms.base import Algorithm
+from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import broadcast_module, flatten, unflatten_into
+from distml.comm.buffers import average_buffers
 from distml.comm.topology import GRAPHS, build_graph
 from distml.errors import ConfigError
+from distml.models.layers import reinitialize
 from distml.registry import split_spec
-
-
-def reinitialize(model: nn.Module, seed: int) -> None:
-    """Re-draw every layer's parameters (``reset_parameters``) from ``seed``.
-
-    The global RNG is left as it was (``fork_rng``), so the run's other draws do not shift.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for m in model.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
 
 
 @ALGORITHMS.register("gossip", topology="decentralized", pace="sync", codecs="compressor",
@@ -71,6 +63,9 @@ class Gossip(Algorithm):
         ValueError: every < 1 or gamma outside (0, 1].
         ConfigError: an unknown graph (the message lists the valid ones).
     """
+
+    buffers = "average"    # the evaluated mean of the replicas carries their mean buffers
+    supports = Supports(wrap=False, precisions=("fp32", "bf16", "fp16"))   # wrap: the evaluated model is the mean
 
     def __init__(self, graph: str | dict = "ring", every: int = 1, local_init_seed: int | None = None,
                  gamma: float = 0.2, codec=None):
@@ -169,6 +164,7 @@ class Gossip(Algorithm):
         if self._average is None:
             self._average = copy.deepcopy(self.model)
         unflatten_into(mean, [p for p in self._average.parameters() if p.requires_grad])
+        average_buffers(self.model, self.transport, into=self._average)
         return {"gossip_round": self.round,
                 "consensus_distance": consensus_distance_from_sums(float(sq[0]), self.transport.world_size)}
 

@@ -20,7 +20,6 @@ wait.
 from __future__ import annotations
 
 import json
-import math
 import os
 import queue
 import time
@@ -30,11 +29,12 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from distml.algorithms import ALGORITHMS
-from distml.algorithms.base import Algorithm
+from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.registry import ALGORITHMS
 from distml.errors import ConfigError, PeerError
 from distml.optim import build_optimizer, is_full_batch, needs_closure
 from distml.partition import PARTITIONS, make_loader
+from distml.partition.steps import total_steps
 from distml.registry import split_spec
 
 
@@ -51,6 +51,9 @@ class Hogwild(Algorithm):
     owns_loop = True
     mid_run_checkpoints = False     # run_steps: a restart starts over from step 0
     synchronous_eval = False
+
+    buffers = "shared"
+    supports = Supports(wrap=False, precisions=("fp32",))
 
     def __init__(self, lock: bool = False):
         if not isinstance(lock, bool):
@@ -86,7 +89,7 @@ class Hogwild(Algorithm):
         loaders = [make_loader(p.source, PARTITIONS.build(cfg.data.partition), c, n,
                                cfg.data.batch_size, cfg.seed,
                                samples_per_epoch=cfg.data.samples_per_epoch) for c in range(n)]
-        epochs = max(1, math.ceil(cfg.train.epochs))
+        epochs = total_steps(cfg.train.epochs, 1, cfg.train.max_steps)   # one step = one epoch
         args = (model, p.loss_fn, cfg.optim.spec(), lock, reports, os.getpid(),
                 cfg.train.threads_per_worker, loop.dtype, cfg.seed)
         procs = [ctx.Process(target=_child, args=(c, loaders[c], gos[c], *args), daemon=True)
@@ -148,7 +151,7 @@ class Hogwild(Algorithm):
         total, count = 0.0, 0
         for start in range(0, len(data), 4096):
             x, y = data.take(torch.arange(start, min(start + 4096, len(data))).numpy())
-            x, y = loop._to_device(x), loop._to_device(y)
+            x, y = loop.to_device(x), loop.to_device(y)
             total += float(p.loss_fn(p.model(x), y)) * len(y)
             count += len(y)
         return total / count

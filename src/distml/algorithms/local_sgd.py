@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
-from distml.algorithms import ALGORITHMS
-from distml.algorithms.base import Algorithm
+from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import broadcast_module, flatten, unflatten_into
+from distml.comm.buffers import average_buffers
 from distml.comm.compress import init_state, reduce_mean, start_reduce
 
 
@@ -27,7 +28,8 @@ from distml.comm.compress import init_state, reduce_mean, start_reduce
                            "Wang et al. 2020 (Overlap Local-SGD)",
                      summary="average model deltas every H local steps (warm-up, BMUF, pipelining, codecs)")
 class LocalSGD(Algorithm):
-    """Average the workers' models every ``period`` local steps.
+    """Average the workers' models every ``period`` local steps (buffers too: BatchNorm
+    statistics are averaged at every averaging).
 
     Args:
         period: H, the local steps between averagings (≥ 1; 1 = average every step).
@@ -44,6 +46,9 @@ class LocalSGD(Algorithm):
     Raises:
         ValueError: an argument outside its range.
     """
+
+    buffers = "average"
+    supports = Supports(wrap=False, precisions=("fp32", "bf16", "fp16"))   # wrap: on_train_end
 
     def __init__(self, period: int = 8, warmup_steps: int = 0, bmuf: bool = False,
                  block_momentum: float = 0.9, block_lr: float = 1.0, nesterov: bool = True,
@@ -105,8 +110,11 @@ class LocalSGD(Algorithm):
             mean, self.codec_state = reduce_mean(x - self.anchor, self.codec, self.codec_state,
                                                  self.transport)
             unflatten_into(self._target(mean), self.params)
+            average_buffers(self.model, self.transport)
         else:
             x = self._merge(x)
+            # buffers now: no other collective may run while the reduce is in flight
+            average_buffers(self.model, self.transport)
             self._sent = x - self.anchor
             self._pending = start_reduce(self._sent, self.codec, self.codec_state, self.transport)
         self.syncs += 1
@@ -143,6 +151,7 @@ class LocalSGD(Algorithm):
         mean, self.codec_state = reduce_mean(x - self.anchor, self.codec, self.codec_state,
                                              self.transport)
         unflatten_into(self._target(mean), self.params)
+        average_buffers(self.model, self.transport)
         self.syncs += 1
 
     def at_eval(self, step: int) -> dict[str, Any]:

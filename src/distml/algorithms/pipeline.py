@@ -25,12 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from distml.algorithms import ALGORITHMS
 from distml.algorithms._sequential import flat, sequential_of, unflat
-from distml.algorithms.base import Algorithm
+from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.registry import ALGORITHMS
+from distml.comm.buffers import floating_buffers
 from distml.errors import ConfigError
 from distml.optim import build_optimizer, build_schedule, needs_closure
 from distml.partition import PARTITIONS, make_loader
+from distml.partition.steps import batches, total_steps
 from distml.registry import split_spec
 
 SCHEDULES = ("gpipe", "1f1b")
@@ -117,6 +119,9 @@ class Pipeline(Algorithm):
     owns_loop = True
     mid_run_checkpoints = False     # run_steps: a restart starts over from step 0
 
+    buffers = "owner"
+    supports = Supports(wrap=False, precisions=("fp32",), models="sequential")
+
     def __init__(self, schedule: str = "gpipe", microbatches: int = 4, balance: str = "params"):
         if schedule not in SCHEDULES:
             raise ConfigError(f"pipeline: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
@@ -163,6 +168,7 @@ class Pipeline(Algorithm):
         lo, hi = self.bounds[t.rank], self.bounds[t.rank + 1]
         stage_mod = nn.Sequential(*layers[lo:hi])    # shares the layers with p.model
         self._count_bytes(stage_mod, t.rank, k)
+        _restore_buffers_after_first_forward(stage_mod)
         stage = PipelineStage(stage_mod, t.rank, k, torch.device(loop.device), group=t.group)
         kind = ScheduleGPipe if self.schedule_name == "gpipe" else Schedule1F1B
         sched = kind(stage, self.microbatches, loss_fn=p.loss_fn)
@@ -170,22 +176,20 @@ class Pipeline(Algorithm):
         order = make_loader(p.source, PARTITIONS.build(cfg.data.partition), 0, 1,
                             cfg.data.batch_size, cfg.seed, samples_per_epoch=cfg.data.samples_per_epoch)
         spe = order.steps_per_epoch
-        total = max(1, math.ceil(cfg.train.epochs * spe))
-        if cfg.train.max_steps is not None:
-            total = min(total, cfg.train.max_steps)
+        total = total_steps(cfg.train.epochs, spe, cfg.train.max_steps)
         lr_sched = build_schedule(cfg.optim.schedule, opt, total)
-        batches = _batches(order, spe)
+        it = batches(order, spe, total)
         last = k - 1
 
         def step(s: int) -> float:
-            x, y = next(batches)
+            _, x, y = next(it)
             opt.zero_grad(set_to_none=True)
             losses: list[torch.Tensor] = []
             if t.rank == 0:
-                sched.step(loop._to_device(x), target=loop._to_device(y) if k == 1 else None,
+                sched.step(loop.to_device(x), target=loop.to_device(y) if k == 1 else None,
                            losses=losses if k == 1 else None)
             elif t.rank == last:
-                sched.step(target=loop._to_device(y), losses=losses)
+                sched.step(target=loop.to_device(y), losses=losses)
             else:
                 sched.step()
             opt.step()
@@ -207,7 +211,7 @@ class Pipeline(Algorithm):
                                 cfg.data.batch_size, cfg.seed,
                                 samples_per_epoch=cfg.data.samples_per_epoch)
             x, _ = next(iter(first.batches(0)))
-            x = loop._to_device(x[: cfg.data.batch_size // self.microbatches])
+            x = loop.to_device(x[: cfg.data.batch_size // self.microbatches])
             times = torch.tensor(layer_times(layers, x), dtype=torch.float64)
         self.layer_seconds = [float(v) for v in t.broadcast(times, src=0)]
         return self.layer_seconds
@@ -229,9 +233,10 @@ class Pipeline(Algorithm):
             mod.register_forward_pre_hook(in_hook)
 
     def at_eval(self, step: int) -> dict[str, Any]:
-        """Every rank gets every stage's parameters (rank 0 evaluates and saves the model)."""
+        """Every rank gets every stage's parameters and floating buffers (BatchNorm
+        statistics live on the stage that trains the layer); rank 0 evaluates and saves."""
         t = self.transport
-        stages = [[q for m in self.layers[a:b] for q in m.parameters()]
+        stages = [[q for m in self.layers[a:b] for q in [*m.parameters(), *floating_buffers(m)]]
                   for a, b in zip(self.bounds, self.bounds[1:])]
         width = max(max(sum(q.numel() for q in s) for s in stages), 1)
         dtype = next(self.model.parameters()).dtype
@@ -242,8 +247,28 @@ class Pipeline(Algorithm):
         return {}
 
 
-def _batches(loader, spe: int):
-    epoch = 0
-    while True:
-        yield from loader.batches(epoch)
-        epoch += 1
+def _restore_buffers_after_first_forward(module: nn.Module) -> None:
+    """Keep the stage's first forward away from its buffers.
+
+    torch's ``PipelineStage`` infers shapes on the first schedule step by running the
+    stage once on uninitialized tensors (``torch.empty`` from the metadata; torch 2.13),
+    in train mode: BatchNorm would fold that garbage into its running statistics. That
+    forward runs on copies of the buffers; the module's own are put back after it (by
+    reference, not in place: the inference's graph still holds the copies).
+    """
+    originals: list[tuple[nn.Module, str, torch.Tensor]] = []
+
+    def before(mod, args):
+        for name, b in list(mod.named_buffers()):
+            owner, _, leaf = name.rpartition(".")
+            sub = mod.get_submodule(owner)
+            originals.append((sub, leaf, b))
+            setattr(sub, leaf, b.detach().clone())
+
+    def after(mod, args, out):
+        for sub, leaf, b in originals:
+            setattr(sub, leaf, b)
+        handles[0].remove()
+        handles[1].remove()
+
+    handles = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from distml.algorithms import ALGORITHMS
-from distml.algorithms.base import Algorithm
+from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import Bucket, broadcast_module, make_buckets
 from distml.comm.compress import init_state, reduce_mean, with_momentum_correction
 
@@ -58,6 +58,9 @@ class SyncSGD(Algorithm):
         ValueError: bucket_mb <= 0; momentum options without a codec or without a
             momentum SGD optimizer (at setup).
     """
+
+    buffers = "rank0"       # gradients are averaged, buffers stay local (DDP); broadcast at setup
+    supports = Supports(wrap=True, precisions=("fp32", "bf16", "fp16"))
 
     def __init__(self, bucket_mb: float = 25.0, overlap: bool = True, sync_batchnorm: bool = False,
                  momentum_correction: bool = False, momentum_masking: bool = False, codec=None):

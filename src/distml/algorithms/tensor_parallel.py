@@ -15,18 +15,19 @@ the block inputs' gradients where the input needs one).
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from distml.algorithms import ALGORITHMS
 from distml.algorithms._sequential import sequential_of
-from distml.algorithms.base import Algorithm
+from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.registry import ALGORITHMS
+from distml.comm.buffers import copy_buffers
 from distml.errors import ConfigError
 from distml.optim import build_optimizer, build_schedule, needs_closure
 from distml.partition import PARTITIONS, make_loader
+from distml.partition.steps import batches, total_steps
 from distml.registry import split_spec
 
 
@@ -45,6 +46,9 @@ class TensorParallel(Algorithm):
 
     owns_loop = True
     mid_run_checkpoints = False     # run_steps: a restart starts over from step 0
+
+    buffers = "owner"
+    supports = Supports(wrap=False, precisions=("fp32",), models="sequential")
 
     def __init__(self):
         self.plain: nn.Module | None = None
@@ -92,26 +96,14 @@ class TensorParallel(Algorithm):
         order = make_loader(p.source, PARTITIONS.build(cfg.data.partition), 0, 1,
                             cfg.data.batch_size, cfg.seed, samples_per_epoch=cfg.data.samples_per_epoch)
         spe = 1 if p.full_batch else order.steps_per_epoch
-        total = max(1, math.ceil(cfg.train.epochs * spe))
-        if cfg.train.max_steps is not None:
-            total = min(total, cfg.train.max_steps)
+        total = total_steps(cfg.train.epochs, spe, cfg.train.max_steps)
         lr_sched = build_schedule(cfg.optim.schedule, opt, total)
-
-        def batches():
-            epoch = 0
-            while True:
-                if p.full_batch:
-                    yield order.full_batch()
-                else:
-                    yield from order.batches(epoch)
-                epoch += 1
-
-        it = batches()
+        it = batches(order, spe, total, full_batch=p.full_batch)
 
         def step(s: int) -> float:
-            x, y = next(it)
+            _, x, y = next(it)
             opt.zero_grad(set_to_none=True)
-            loss = p.loss_fn(p.model(loop._to_device(x)), loop._to_device(y))
+            loss = p.loss_fn(p.model(loop.to_device(x)), loop.to_device(y))
             loss.backward()
             opt.step()
             lr_sched.step()
@@ -141,6 +133,7 @@ class TensorParallel(Algorithm):
         for name, q in self.tp_model.named_parameters():
             v = q.full_tensor() if hasattr(q, "full_tensor") else q
             full[name].copy_(v.detach())
+        copy_buffers(self.tp_model, self.plain)   # replicated layers: every rank's are equal
         return {}
 
     def eval_model(self) -> nn.Module:

@@ -7,7 +7,6 @@ so a config that passes the dry run builds in every worker.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ from distml.errors import ConfigError
 from distml.models import build_loss, build_model
 from distml.optim import build_optimizer, build_schedule, is_full_batch, needs_closure
 from distml.partition import PARTITIONS, SOURCES, make_loader
+from distml.partition.steps import total_steps as run_steps
 from distml.registry import split_spec
 from distml.runtime.faults import check_faults
 
@@ -105,8 +105,7 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
     if source.online and config.data.samples_per_epoch is None:
         raise ConfigError("an online data source needs data.samples_per_epoch (the length of "
                           "one epoch), e.g. --set data.samples_per_epoch=20000")
-    codec = _check_composition(config, rank)
-    algorithm = ALGORITHMS.build(config.algorithm.spec(), codec=codec)
+    algorithm = build_algorithm(config, rank)
     # roles (DESIGN.md §4): when the algorithm starts more processes than workers (servers),
     # ranks 0..workers-1 train on the data and the others build no data loader
     processes = algorithm.launch_size(config.workers)
@@ -115,26 +114,20 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
                           f"for {config.workers} workers; at most {MAX_PROCESSES}")
     if processes != config.workers:
         world = config.workers
-    check = getattr(algorithm, "check_config", None)
-    if check is not None:
-        check(config)
+    algorithm.check_config(config)
     check_faults(config.faults, world, processes)
     partition = PARTITIONS.build(config.data.partition)
     loader = None if rank >= world else make_loader(
         source, partition, rank, world, config.data.batch_size, config.seed,
         samples_per_epoch=config.data.samples_per_epoch)
     steps_per_epoch = 1 if (full_batch or loader is None) else loader.steps_per_epoch
-    total_steps = max(1, math.ceil(config.train.epochs * steps_per_epoch))
-    if config.train.max_steps is not None:
-        total_steps = min(total_steps, config.train.max_steps)
+    total_steps = run_steps(config.train.epochs, steps_per_epoch, config.train.max_steps)
 
     model = build_model_for(config, info, user)
-    if getattr(algorithm, "sync_batchnorm", False) and torch.device(device).type != "cuda":
+    if algorithm.sync_batchnorm and torch.device(device).type != "cuda":
         raise ConfigError("algorithm.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm runs "
                           "on GPUs only); on CPU leave it false: each worker keeps its own statistics")
-    prepare = getattr(algorithm, "prepare_model", None)
-    if prepare is not None:
-        model = prepare(model)
+    model = algorithm.prepare_model(model)
     model = model.to(device=device, dtype=getattr(torch, config.train.dtype))
     if user is not None and user.loss is not None:
         loss_fn = user.loss
@@ -151,6 +144,11 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
                  optimizer=optimizer, schedule=schedule, algorithm=algorithm,
                  steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                  full_batch=full_batch, needs_closure=closure)
+
+
+def build_algorithm(config: RunConfig, rank: int = 0):
+    """The run's algorithm, with its codec (combinations DESIGN.md §3.1 leaves out refused)."""
+    return ALGORITHMS.build(config.algorithm.spec(), codec=_check_composition(config, rank))
 
 
 def _check_composition(config: RunConfig, rank: int = 0):

@@ -20,6 +20,7 @@ import torch
 
 from distml.config import RunConfig
 from distml.errors import UserError
+from distml.partition.steps import batches
 from distml.runtime.build import Parts
 from distml.runtime.checkpoint import Checkpoints
 from distml.runtime.evaluate import evaluate
@@ -188,28 +189,28 @@ class TrainLoop:
         algo.after_step(step)
         return float(loss.detach())
 
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+    # ---- the loop API for algorithms that own their loop (algorithms/base.py) -------------
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
         """Move a batch tensor to the device; floating tensors also take the run's dtype."""
         if t.is_floating_point():
             return t.to(self.device, dtype=self.dtype, non_blocking=True)
         return t.to(self.device, non_blocking=True)
 
-    def _batches(self):
-        """Yield ``(step, x, y)`` from ``start_step`` on, resuming mid-epoch exactly."""
+    @property
+    def total_steps(self) -> int:
+        """The run's steps (:func:`distml.partition.steps.total_steps`)."""
+        return self.parts.total_steps
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.parts.steps_per_epoch
+
+    def batches(self, start: int | None = None):
+        """Yield this rank's ``(step, x, y)`` from ``start`` (default: where the run resumes)
+        to the last step (:func:`distml.partition.steps.batches`)."""
         p = self.parts
-        step = self.start_step
-        while step < p.total_steps:
-            epoch, offset = divmod(step, p.steps_per_epoch)
-            if p.full_batch:
-                x, y = p.loader.full_batch()
-                yield step, x, y
-                step += 1
-                continue
-            for x, y in p.loader.batches(epoch, start=offset):
-                yield step, x, y
-                step += 1
-                if step >= p.total_steps:
-                    return
+        return batches(p.loader, p.steps_per_epoch, p.total_steps,
+                       self.start_step if start is None else start, full_batch=p.full_batch)
 
     def run(self, resume: bool = False, stop_after: int | None = None) -> LoopResult:
         cfg = self.config.train
@@ -236,8 +237,8 @@ class TrainLoop:
             eval_time = time.perf_counter() - t_start
 
         try:
-            for step, x, y in self._batches():  # noqa: B007
-                x, y = self._to_device(x), self._to_device(y)
+            for step, x, y in self.batches():  # noqa: B007
+                x, y = self.to_device(x), self.to_device(y)
                 self.clock.start()
                 if self.faults is not None:
                     self.faults.begin()
@@ -276,9 +277,7 @@ class TrainLoop:
                     self.save_checkpoint(done, wall(), loss_window)
                     return LoopResult(done, done - self.start_step, wall(), self.time_to_target,
                                       {}, last_loss, self.clock, completed=False)
-            end = getattr(p.algorithm, "on_train_end", None)
-            if end is not None:
-                end(done)       # e.g. a parameter-server worker's last push and final pull
+            p.algorithm.on_train_end(done)   # e.g. a parameter-server worker's last push and final pull
             self.check_finite_model(done)    # before model.pt and the summary are written
             total_wall = wall()
             t0 = time.perf_counter()
@@ -365,9 +364,9 @@ class TrainLoop:
         An algorithm whose workers are not in step (a parameter server's ASP/SSP) agrees
         its own way (``agree_to_stop``), so this is no hidden barrier.
         """
-        agree = getattr(self.parts.algorithm, "agree_to_stop", None)
-        if agree is not None:
-            return agree(mine and self.rank == 0)
+        own = self.parts.algorithm.agree_to_stop(mine and self.rank == 0)
+        if own is not None:
+            return own
         flag = torch.tensor([1.0 if (mine and self.rank == 0) else 0.0])
         self.transport.broadcast(flag, src=0)
         return bool(flag.item())

@@ -152,14 +152,11 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
                   "bytes_received": transport.stats.bytes_received,
                   "messages": transport.stats.messages,
                   "ops": transport.stats.snapshot()["ops"]}
-        rank_metrics = getattr(parts.algorithm, "rank_metrics", None)
-        if rank_metrics is not None:
-            totals.update(rank_metrics())   # e.g. role, staleness, server counters (ps)
+        totals.update(parts.algorithm.rank_metrics())   # e.g. role, staleness, server counters (ps)
         all_ranks = transport.all_gather_json(totals)
         # servers (ps) are not workers: totals and means are over workers (DESIGN.md §5)
         per_rank = [r for r in all_ranks if r.get("role", "worker") == "worker"]
         if rank == 0 and result.completed:
-            more = getattr(parts.algorithm, "summary_extra", None)
             summary = summarize(per_rank, result.final_eval, algorithm=config.algorithm.name,
                                 workers=len(per_rank), wall_seconds=result.wall_seconds,
                                 time_to_target=result.time_to_target,
@@ -168,7 +165,7 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
                                        config.train.target_accuracy, "completed": True,
                                        "restarts": restarts, "restart_log": job.restart_log,
                                        "algorithm_metrics": loop.algorithm_metrics,
-                                       **(more(all_ranks) if more is not None else {})})
+                                       **parts.algorithm.summary_extra(all_ranks)})
             save_torch_atomic(out_dir / "model.pt", parts.algorithm.eval_model().state_dict())
             write_json_atomic(out_dir / "summary.json", summary)
         elif rank == 0:

@@ -49,8 +49,7 @@ class DistributedOptimizer:
         self.algorithm = algorithm
         self.transport = transport
         self._step = 0
-        prepare = getattr(algorithm, "prepare_model", None)
-        if prepare is not None and prepare(model) is not model:
+        if algorithm.prepare_model(model) is not model:
             raise UserError("this algorithm replaces modules (e.g. sync_batchnorm); convert the "
                             "model before building the optimizer and pass the converted model")
         algorithm.setup(model, optimizer, transport)
@@ -91,7 +90,7 @@ def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, algorithm="sync_sgd
         transport: defaults to the world this process joined, else :func:`init`.
     """
     algo = ALGORITHMS.build(algorithm) if isinstance(algorithm, (str, dict)) else algorithm
-    if getattr(algo, "owns_loop", False):
+    if algo.owns_loop:
         raise UserError(f"algorithm {type(algo).__name__} runs its own loop and cannot wrap a "
                         "user optimizer; use distml.run instead")
     return DistributedOptimizer(model, optimizer, algo, transport or Transport.joined() or init())
