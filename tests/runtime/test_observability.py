@@ -43,7 +43,12 @@ def _scalars(folder: Path) -> dict[str, dict[int, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+    out = {}
+    for tag in acc.Tags()["scalars"]:
+        points = acc.Scalars(tag)
+        out[tag] = {e.step: e.value for e in points}
+        assert len(out[tag]) == len(points), f"{tag}: a step written twice"
+    return out
 
 
 def _assert_same(scalars: dict[str, dict[int, float]], records: list[dict], prefix: str,
@@ -111,3 +116,28 @@ def test_tensorboard_true_without_the_package_is_refused_before_any_process(tmp_
     with pytest.raises(ConfigError, match="needs the tensorboard package"):
         config.parse_config({"train": {"tensorboard": True}})
     assert config.parse_config({"train": {"tensorboard": False}}).train.tensorboard is False
+
+
+def test_a_resumed_sink_replaces_the_records_after_the_checkpoint_in_both_views(tmp_path):
+    """A rank that crashed after its checkpoint at step 10 had logged 15 and 20; the
+    restarted rank logs them again: the JSON lines and TensorBoard both keep the new ones."""
+    from distml.runtime.metrics import RunLog
+
+    def write(resume_step, steps, loss):
+        sink = RunLog(tmp_path, 0, resume_step=resume_step, tensorboard=True)
+        for s in steps:
+            sink.record("step", {"step": s, "loss": loss(s)})
+        sink.record("eval", {"step": steps[-1], "test_loss": loss(steps[-1])})
+        sink.close()
+
+    write(None, [5, 10, 15, 20], lambda s: 100.0 + s)
+    write(10, [15, 20, 25], lambda s: float(s))
+    events = _jsonl(tmp_path / "events-rank0.jsonl")
+    assert [(e["step"], e["loss"]) for e in events] == [(5, 105.0), (10, 110.0), (15, 15.0), (20, 20.0),
+                                                        (25, 25.0)]
+    scalars = _scalars(tmp_path / "tensorboard" / "rank0")
+    _assert_same(scalars, events, "train", ["loss"])
+    _assert_same(scalars, _jsonl(tmp_path / "eval.jsonl"), "eval", ["test_loss"])
+
+    write(None, [5], lambda s: 1.0)            # a run started over keeps nothing of the old one
+    assert _scalars(tmp_path / "tensorboard" / "rank0")["train/loss"] == {5: 1.0}
