@@ -104,3 +104,68 @@ def test_workers_draw_no_bar_of_their_own_under_the_view():
     config = {"name": "x", "train": {"progress": True, "epochs": 2}}
     assert without_progress_bar(config) == {"name": "x", "train": {"progress": False, "epochs": 2}}
     assert config["train"]["progress"] is True      # the caller's dict is unchanged
+
+
+LIVE_CONFIG = """
+name = "live"
+workers = 2
+[data]
+source = { name = "sklearn", dataset = "digits" }
+batch_size = 32
+[model]
+name = "softmax"
+[optim]
+name = "sgd"
+lr = 0.1
+[train]
+epochs = 10
+max_steps = 60
+log_every = 5
+eval_every = 30
+[faults]
+straggler = { ranks = [1], slowdown = 3.0 }
+compute_s = 0.02
+"""
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(150)
+def test_a_run_on_a_terminal_shows_every_rank_and_the_straggler(tmp_path):
+    """A real run with its stderr on a pseudo-terminal: the table replaces rank 0's bar."""
+    import os
+    import pty
+    import re
+    import subprocess
+    import sys
+
+    from procs import _kill_group
+
+    (tmp_path / "c.toml").write_text(LIVE_CONFIG)
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "distml", "run", str(tmp_path / "c.toml"), "--out",
+                          str(tmp_path / "run")], stdout=subprocess.DEVNULL, stderr=slave,
+                         start_new_session=True)
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:          # EIO: every writer closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert p.wait(timeout=120) == 0
+    finally:
+        _kill_group(p.pid)
+        os.close(master)
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    screen = re.sub(r"\x1b\[[0-9;?]*[ABGJK]", "\n", screen)   # the redraw's cursor moves and erases
+    screen = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", screen)     # styles
+    assert "samples/s" in screen and "compute s/step" in screen, screen[-3000:]
+    final = {m[0]: m for m in re.findall(r"^\s*([01])\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s.*?(slowest)?\s*$",
+                                         screen, re.M)}
+    assert final["0"][1] == final["1"][1] == "60", screen[-3000:]     # the last frame: every rank
+    assert final["1"][4] == "slowest" and final["0"][4] == ""
+    assert "train:" not in screen and "step/s]" not in screen          # no tqdm bar beside it
