@@ -4,6 +4,7 @@ import io
 import json
 
 import pytest
+from tiny_runs import digits_config
 
 from distml.runtime.live import (EventTail, LiveView, rank_statuses, slowest_rank, status_table,
                                  summary_line, without_progress_bar)
@@ -106,17 +107,7 @@ def test_workers_draw_no_bar_of_their_own_under_the_view():
     assert config["train"]["progress"] is True      # the caller's dict is unchanged
 
 
-LIVE_CONFIG = """
-name = "live"
-workers = 2
-[data]
-source = { name = "sklearn", dataset = "digits" }
-batch_size = 32
-[model]
-name = "softmax"
-[optim]
-name = "sgd"
-lr = 0.1
+LIVE_CONFIG = digits_config("live", """
 [train]
 epochs = 10
 max_steps = 60
@@ -125,7 +116,7 @@ eval_every = 30
 [faults]
 straggler = { ranks = [1], slowdown = 3.0 }
 compute_s = 0.02
-"""
+""")
 
 
 @pytest.mark.multiprocess

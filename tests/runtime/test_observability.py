@@ -11,20 +11,13 @@ from pathlib import Path
 import pytest
 
 from procs import distml
+from tiny_runs import digits_config
 
 pytestmark = [pytest.mark.multiprocess]
 
-CONFIG = """
-name = "obs"
-workers = 2
-[data]
-source = {{ name = "sklearn", dataset = "digits" }}
-batch_size = 32
-[model]
-name = "softmax"
-[optim]
-name = "sgd"
-lr = 0.1
+
+def _config(algorithm: str) -> str:
+    return digits_config("obs", f"""
 [algorithm]
 name = "{algorithm}"
 [train]
@@ -32,7 +25,7 @@ max_steps = 20
 log_every = 5
 eval_every = 10
 progress = false
-"""
+""")
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -67,7 +60,7 @@ def _assert_same(scalars: dict[str, dict[int, float]], records: list[dict], pref
                                                       ("gossip", "consensus_distance")])
 def test_tensorboard_scalars_equal_the_jsonl_records(tmp_path, algorithm, algorithm_key):
     cfg = tmp_path / "c.toml"
-    cfg.write_text(CONFIG.format(algorithm=algorithm))
+    cfg.write_text(_config(algorithm))
     out = tmp_path / "run"
     res = distml("run", str(cfg), "--out", str(out), timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -90,7 +83,7 @@ def test_tensorboard_scalars_equal_the_jsonl_records(tmp_path, algorithm, algori
 @pytest.mark.timeout(120)
 def test_rank_logs_hold_progress_lines_and_tensorboard_can_be_off(tmp_path):
     cfg = tmp_path / "c.toml"
-    cfg.write_text(CONFIG.format(algorithm="sync_sgd"))
+    cfg.write_text(_config("sync_sgd"))
     out = tmp_path / "run"
     res = distml("run", str(cfg), "--out", str(out), "--set", "train.tensorboard=false", timeout=100)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -11,24 +11,15 @@ from pathlib import Path
 import pytest
 
 from procs import distml
+from tiny_runs import digits_config
 
-CONFIG = """
-name = "html"
-workers = 2
-[data]
-source = { name = "sklearn", dataset = "digits" }
-batch_size = 32
-[model]
-name = "softmax"
-[optim]
-name = "sgd"
-lr = 0.1
+CONFIG = digits_config("html", """
 [train]
 max_steps = 20
 log_every = 5
 eval_every = 10
 progress = false
-"""
+""")
 
 # appended to a copy of the page: the browser writes what it decoded into the DOM
 PROBE = """<script>
