@@ -57,7 +57,8 @@ def _assert_same(scalars: dict[str, dict[int, float]], records: list[dict], pref
 
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("algorithm, algorithm_key", [("sync_sgd", None),
-                                                      ("gossip", "consensus_distance")])
+                                                      ("gossip", "consensus_distance"),
+                                                      ("ps", "staleness_max")])
 def test_tensorboard_scalars_equal_the_jsonl_records(tmp_path, algorithm, algorithm_key):
     cfg = tmp_path / "c.toml"
     cfg.write_text(_config(algorithm))
