@@ -75,6 +75,10 @@ def test_event_tail_reads_appended_lines_whole_and_restarts_on_a_new_file(tmp_pa
     path.unlink()
     path.write_text(json.dumps({"step": 7}) + "\n")     # a resume rewrote it
     assert tail.poll() == [{"step": 7}]
+    with open(path, "r+") as f:                         # rewritten in place, longer: the old
+        f.write(json.dumps({"step": 8, "loss": 0.5}) + "\n" + json.dumps({"step": 9}) + "\n")
+    tail.poll()                                         # offset lands mid-line
+    assert tail.poll() == [{"step": 8, "loss": 0.5}, {"step": 9}]
 
 
 class _Terminal(io.StringIO):

@@ -139,7 +139,8 @@ def status_table(rows: list[RankStatus], title: str = "distml", samples: bool = 
 class EventTail:
     """Reads the lines appended to a rank's events file since the last call.
 
-    A file started over (a new run or a resume rewrites it) is read from its start again.
+    A file started over (a new run or a resume rewrites it) is read from its start again;
+    the view must never stop a run, so a line it cannot parse only makes it re-read.
     """
 
     def __init__(self, path: Path, keep: int = 2):
@@ -163,9 +164,10 @@ class EventTail:
                 data = self._partial + f.read()
             self._offset = st.st_size
             *lines, self._partial = data.split(b"\n")   # a line still being written waits
-            for line in lines:
-                if line.strip():
-                    self.records.append(json.loads(line))
+            try:
+                self.records += [json.loads(line) for line in lines if line.strip()]
+            except ValueError:      # rewritten in place between two polls: read it again
+                self._inode = None
             self.records = self.records[-self.keep:]
         return self.records
 
