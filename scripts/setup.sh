@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install distml and what it needs into .venv (pinned versions from constraints.txt),
-# plus the Debian packages: the Fashion-MNIST data set and iproute2 (multi-host tests).
+# plus the Debian packages: the Fashion-MNIST data set, iproute2 (multi-host tests) and,
+# with the test extras, chromium (the HTML report's browser test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
@@ -8,6 +9,8 @@ extras="${1:-}"
 need_apt=()
 dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || need_apt+=(dataset-fashion-mnist)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# the HTML report's test opens it in a real headless browser: only for the test extras
+case "$extras" in *test*) command -v chromium >/dev/null 2>&1 || need_apt+=(chromium) ;; esac
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
   echo "installing Debian packages: ${need_apt[*]}"

@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="plots and a comparison table for finished runs")
     rp.add_argument("run_dirs", nargs="+")
     rp.add_argument("--out", help="report folder (default: report/ in the first run's parent)")
+    rp.add_argument("--html", action="store_true",
+                    help="also write report.html: one file with the plots inlined, opens without a server")
 
     sm = sub.add_parser("simulate", help="project a measured run to more workers and another network")
     sm.add_argument("--profile", required=True, metavar="RUN_DIR", help="a finished run to calibrate from")
@@ -242,9 +244,11 @@ def cmd_report(args) -> int:
     from distml.runtime.report import make_report, terminal_table
     dirs = [Path(d) for d in args.run_dirs]
     out = Path(args.out) if args.out else dirs[0].parent / "report"
-    result = make_report(dirs, out)
+    result = make_report(dirs, out, html=args.html)
     print(terminal_table(result["rows"]))
     print(f"report: {result['markdown']} ({len(result['plots'])} plots)")
+    if result["html"]:
+        print(f"report: {result['html']} (self-contained: open it in a browser)")
     return 0
 
 

@@ -9,6 +9,7 @@ valid ones.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import tomllib
 from pathlib import Path
@@ -93,6 +94,11 @@ class CommConfig(_Section):
         return [v] if isinstance(v, (str, dict)) else v
 
 
+def tensorboard_installed() -> bool:
+    """Whether ``torch.utils.tensorboard`` can write event files (it needs the ``tensorboard`` package)."""
+    return importlib.util.find_spec("tensorboard") is not None
+
+
 class TrainConfig(_Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
@@ -105,6 +111,16 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"   # float64: exact comparisons, convex solvers
     progress: bool = True
+    # TensorBoard event files in runs/<name>/tensorboard/; None: when the package is installed
+    tensorboard: bool | None = None
+
+    @field_validator("tensorboard")
+    @classmethod
+    def _tensorboard_installed(cls, v: bool | None) -> bool | None:
+        if v and not tensorboard_installed():
+            raise ValueError("train.tensorboard = true needs the tensorboard package "
+                             "(pip install tensorboard), or set it to false")
+        return v
 
 
 class StragglerConfig(_Section):

@@ -8,24 +8,15 @@ import pytest
 import sys
 
 from procs import distml, run
+from tiny_runs import digits_config
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(180)]
 
-CONFIG = """
-name = "cmp"
-workers = 2
-[data]
-source = { name = "sklearn", dataset = "digits" }
-batch_size = 32
-[model]
-name = "softmax"
-[optim]
-name = "sgd"
-lr = 0.1
+CONFIG = digits_config("cmp", """
 [train]
 epochs = 1
 eval_every = 5
-"""
+""")
 
 
 def _is_png(path: Path) -> bool:

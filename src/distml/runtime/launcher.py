@@ -30,6 +30,7 @@ from typing import Any
 from distml.comm.transport import Transport
 from distml.errors import PeerError, UserError
 from distml.runtime.checkpoint import Checkpoints
+from distml.runtime.live import live_view, without_progress_bar
 from distml.runtime.worker import EXIT_USER, Rendezvous, WorkerJob, run_worker_process
 
 LOOPBACK = "127.0.0.1"
@@ -182,6 +183,9 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
             then stopped.
     """
     store, port = _host_store(timeout_s)
+    view = live_view(job.config, job.out_dir, world)    # every rank's progress, from here
+    if view is not None:
+        job = replace(job, config=without_progress_bar(job.config))
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_child, args=(r, world, port, job, timeout_s, os.getpid()),
                          name=f"distml-rank{r}", daemon=False) for r in range(world)]
@@ -197,6 +201,8 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
         deadline = None
         while len(exits) < world:
             multiprocessing.connection.wait([p.sentinel for r, p in enumerate(procs) if r not in exits], timeout=0.5)
+            if view is not None:
+                view.tick()
             now = time.monotonic()
             for r, p in enumerate(procs):
                 if r in exits or p.exitcode is None:
@@ -226,6 +232,8 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
     finally:
         _stop(procs)
         del store
+        if view is not None:
+            view.close()
     failed = sorted((e for e in exits.values() if e.code != 0), key=lambda e: (e.at, e.code != EXIT_USER))
     if failed:
         raise LaunchFailed(_first_cause(failed), failed)

@@ -25,7 +25,7 @@ from distml.runtime.build import Parts
 from distml.runtime.checkpoint import Checkpoints
 from distml.runtime.evaluate import evaluate
 from distml.runtime.faults import make_faults
-from distml.runtime.metrics import JsonlLog, StepClock, clean_float
+from distml.runtime.metrics import RunLog, StepClock
 
 log = logging.getLogger("distml")
 
@@ -136,7 +136,7 @@ class TrainLoop:
         return list(state["loss_window"])
 
     # ---- evaluation -------------------------------------------------------------------
-    def evaluate(self, step: int, wall: float, events: JsonlLog | None) -> dict[str, Any]:
+    def evaluate(self, step: int, wall: float, sink: RunLog | None) -> dict[str, Any]:
         """Rank 0 evaluates the algorithm's model; the others wait (time not counted)."""
         result: dict[str, Any] = {}
         # every rank, same point: the algorithm may communicate (gather an ensemble, ...)
@@ -153,9 +153,8 @@ class TrainLoop:
             if (self.time_to_target is None and target is not None and acc is not None
                     and acc >= target):
                 self.time_to_target = wall
-            if events is not None:
-                events.write({k: clean_float(v) if isinstance(v, float) else v
-                              for k, v in result.items()})
+            if sink is not None:
+                sink.record("eval", result)
         if self.parts.algorithm.synchronous_eval:
             # the barrier's time is evaluation time, excluded from every clock
             saved = self.transport.stats.wait_seconds
@@ -217,10 +216,8 @@ class TrainLoop:
         p = self.parts
         loss_window = self.resume() if resume else []
         out = self.out_dir
-        events = JsonlLog(out / f"events-rank{self.rank}.jsonl",
-                          resume_step=self.start_step if resume else None)
-        evals = JsonlLog(out / "eval.jsonl", resume_step=self.start_step if resume else None) \
-            if self.rank == 0 else None
+        sink = RunLog(out, self.rank, resume_step=self.start_step if resume else None,
+                      tensorboard=cfg.tensorboard)
         p.model.train()
         bar = _progress(self.rank == 0 and cfg.progress, p.total_steps, self.start_step)
         eval_every = cfg.eval_every or p.steps_per_epoch
@@ -233,7 +230,7 @@ class TrainLoop:
             return self.wall_before + (time.perf_counter() - t_start - eval_time)
 
         if self.start_step == 0 and p.total_steps > 0:
-            self.evaluate(0, 0.0, evals)          # the starting point of every curve
+            self.evaluate(0, 0.0, sink)          # the starting point of every curve
             eval_time = time.perf_counter() - t_start
 
         try:
@@ -255,19 +252,19 @@ class TrainLoop:
                 done = step + 1
                 if done % cfg.log_every == 0 or done == p.total_steps:
                     st = self.transport.stats
-                    events.write({"step": done, "epoch": done / p.steps_per_epoch,
-                                  "loss": sum(loss_window) / len(loss_window), "wall_seconds": wall(),
-                                  "compute_seconds": self.clock.compute,
-                                  "comm_seconds": self.clock.comm, "wait_seconds": self.clock.wait,
-                                  "bytes_sent": st.bytes_sent, "bytes_received": st.bytes_received,
-                                  "lr": p.optimizer.param_groups[0]["lr"]})
+                    sink.record("step", {"step": done, "epoch": done / p.steps_per_epoch,
+                                         "loss": sum(loss_window) / len(loss_window),
+                                         "wall_seconds": wall(), "compute_seconds": self.clock.compute,
+                                         "comm_seconds": self.clock.comm, "wait_seconds": self.clock.wait,
+                                         "bytes_sent": st.bytes_sent, "bytes_received": st.bytes_received,
+                                         "lr": p.optimizer.param_groups[0]["lr"]})
                 if bar is not None:
                     bar.update(1)
                     if done % cfg.log_every == 0:
                         bar.set_postfix(loss=f"{loss:.4f}", acc=_fmt(self.last_eval.get("test_accuracy")))
                 if done % eval_every == 0 and done != p.total_steps:
                     t0 = time.perf_counter()
-                    self.evaluate(done, wall(), evals)
+                    self.evaluate(done, wall(), sink)
                     eval_time += time.perf_counter() - t0
                     if cfg.stop_at_target and self._agree_to_stop(self.time_to_target is not None):
                         break
@@ -281,7 +278,7 @@ class TrainLoop:
             self.check_finite_model(done)    # before model.pt and the summary are written
             total_wall = wall()
             t0 = time.perf_counter()
-            final = self.evaluate(done, total_wall, evals)
+            final = self.evaluate(done, total_wall, sink)
             eval_time += time.perf_counter() - t0
             train_loss = sum(loss_window) / len(loss_window) if loss_window else last_loss
             return LoopResult(done, done - self.start_step, total_wall, self.time_to_target, final,
@@ -289,9 +286,7 @@ class TrainLoop:
         finally:
             if bar is not None:
                 bar.close()
-            events.close()
-            if evals is not None:
-                evals.close()
+            sink.close()
 
     def run_steps(self, step_fn, total_steps: int, steps_per_epoch: int = 1) -> LoopResult:
         """Drive an ``owns_loop`` algorithm's own step with this loop's clocks and logs.
@@ -307,8 +302,7 @@ class TrainLoop:
         step 0.
         """
         cfg = self.config.train
-        events = JsonlLog(self.out_dir / f"events-rank{self.rank}.jsonl")
-        evals = JsonlLog(self.out_dir / "eval.jsonl") if self.rank == 0 else None
+        sink = RunLog(self.out_dir, self.rank, tensorboard=cfg.tensorboard)
         bar = _progress(self.rank == 0 and cfg.progress, total_steps, 0)
         eval_every = cfg.eval_every or steps_per_epoch
         t_start, eval_time, done, window = time.perf_counter(), 0.0, 0, []
@@ -316,7 +310,7 @@ class TrainLoop:
         def wall() -> float:
             return time.perf_counter() - t_start - eval_time
 
-        self.evaluate(0, 0.0, evals)              # the starting point of every curve
+        self.evaluate(0, 0.0, sink)              # the starting point of every curve
         eval_time = time.perf_counter() - t_start
         try:
             for step in range(total_steps):
@@ -333,30 +327,28 @@ class TrainLoop:
                 done, window = step + 1, (window + [loss])[-cfg.log_every:]
                 if done % cfg.log_every == 0 or done == total_steps:
                     st = self.transport.stats
-                    events.write({"step": done, "epoch": done / steps_per_epoch, "loss": loss,
-                                  "wall_seconds": wall(), "compute_seconds": self.clock.compute,
-                                  "comm_seconds": self.clock.comm, "wait_seconds": self.clock.wait,
-                                  "bytes_sent": st.bytes_sent, "bytes_received": st.bytes_received,
-                                  **extra})
+                    sink.record("step", {"step": done, "epoch": done / steps_per_epoch, "loss": loss,
+                                         "wall_seconds": wall(), "compute_seconds": self.clock.compute,
+                                         "comm_seconds": self.clock.comm, "wait_seconds": self.clock.wait,
+                                         "bytes_sent": st.bytes_sent, "bytes_received": st.bytes_received,
+                                         **extra})
                 if bar is not None:
                     bar.update(1)
                 if done % eval_every == 0 and done != total_steps:
                     t0 = time.perf_counter()
-                    self.evaluate(done, wall(), evals)
+                    self.evaluate(done, wall(), sink)
                     eval_time += time.perf_counter() - t0
                     if cfg.stop_at_target and self._agree_to_stop(self.time_to_target is not None):
                         break
             total_wall = wall()
-            final = self.evaluate(done, total_wall, evals)
+            final = self.evaluate(done, total_wall, sink)
             return LoopResult(done, done, total_wall, self.time_to_target, final,
                               sum(window) / len(window) if window else None, self.clock,
                               completed=True)
         finally:
             if bar is not None:
                 bar.close()
-            events.close()
-            if evals is not None:
-                evals.close()
+            sink.close()
 
     def _agree_to_stop(self, mine: bool) -> bool:
         """Rank 0 decides to stop at the target; every rank must learn it at the same step.

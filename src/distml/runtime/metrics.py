@@ -1,13 +1,19 @@
-"""Per-rank event logs, evaluation points and the run summary (DESIGN.md §5)."""
+"""Per-rank event logs, evaluation points, TensorBoard scalars and the run summary (DESIGN.md §5)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from distml.config import tensorboard_installed
+
+log = logging.getLogger("distml")
 
 SUMMARY_KEYS = ("test_accuracy", "test_loss", "train_loss", "steps", "wall_seconds", "bytes_sent",
                 "bytes_received", "compute_seconds", "comm_seconds", "wait_seconds",
@@ -57,6 +63,90 @@ class JsonlLog:
 
     def close(self) -> None:
         self._f.close()
+
+
+PROGRESS_EVERY_S = 10.0     # at most one progress line per this many seconds in a rank's log
+
+
+class RunLog:
+    """Every metric a rank writes goes through :meth:`record`, to all of its sinks at once.
+
+    - ``"step"`` records (every ``log_every`` steps, every rank): ``events-rank{r}.jsonl``,
+      TensorBoard tags ``train/<key>`` in ``tensorboard/rank{r}/``, and a progress line in
+      ``logs/rank{r}.log`` (the first one, then at most one per ``PROGRESS_EVERY_S``).
+    - ``"eval"`` records (rank 0 only): ``eval.jsonl``, TensorBoard tags ``eval/<key>``
+      in ``tensorboard/rank0/``, and a line in the rank's log.
+
+    TensorBoard gets every numeric field under its JSON key, so the event files and the
+    JSON-lines files always hold the same numbers (staleness and consensus distance
+    included, where an algorithm reports them).
+
+    Args:
+        out_dir: the run folder.
+        rank: this process's rank.
+        resume_step: the checkpoint's step when resuming: later records of the previous
+            attempt are dropped (JSON lines) or purged (TensorBoard); None starts afresh.
+        tensorboard: write event files; None: when the ``tensorboard`` package is installed.
+    """
+
+    def __init__(self, out_dir: Path, rank: int, resume_step: int | None = None,
+                 tensorboard: bool | None = None):
+        out_dir = Path(out_dir)
+        self.events = JsonlLog(out_dir / f"events-rank{rank}.jsonl", resume_step)
+        self.evals = JsonlLog(out_dir / "eval.jsonl", resume_step) if rank == 0 else None
+        self._tb = None
+        if tensorboard if tensorboard is not None else tensorboard_installed():
+            self._tb = _tensorboard_writer(out_dir / "tensorboard" / f"rank{rank}", resume_step)
+        self._last_progress: float | None = None
+
+    def record(self, kind: Literal["step", "eval"], fields: dict[str, Any]) -> None:
+        fields = {k: clean_float(v) if isinstance(v, float) else v for k, v in fields.items()}
+        if kind == "eval" and self.evals is None:
+            return
+        (self.events if kind == "step" else self.evals).write(fields)
+        if self._tb is not None:
+            prefix = "train" if kind == "step" else "eval"
+            for key, value in fields.items():
+                if key not in ("step", "epoch") and _is_number(value):
+                    self._tb.add_scalar(f"{prefix}/{key}", value, global_step=int(fields["step"]))
+        now = time.monotonic()
+        if kind == "eval" or self._last_progress is None or now - self._last_progress >= PROGRESS_EVERY_S:
+            if kind == "step":
+                self._last_progress = now
+            log.info("%s", progress_line(kind, fields))
+
+    def close(self) -> None:
+        self.events.close()
+        if self.evals is not None:
+            self.evals.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _tensorboard_writer(folder: Path, resume_step: int | None):
+    from torch.utils.tensorboard import SummaryWriter
+    if resume_step is None and folder.exists():
+        shutil.rmtree(folder)       # a run started over: the old curves are not this run's
+    # purge_step: TensorBoard hides the previous attempt's points after the checkpoint
+    return SummaryWriter(str(folder), purge_step=None if resume_step is None else resume_step + 1,
+                         flush_secs=10)
+
+
+def progress_line(kind: str, fields: dict[str, Any]) -> str:
+    """One readable line for a rank's log from a step or evaluation record."""
+    def fmt(key: str, v: Any) -> str:
+        if key == "bytes_sent" or key == "bytes_received":
+            return f"{key[6:]} {v / 1e6:.3g} MB"
+        if key.endswith("_seconds"):
+            return f"{key[:-8]} {v:.3g}s"
+        return f"{key} {v:.4g}" if isinstance(v, float) else f"{key} {v}"
+    shown = ", ".join(fmt(k, v) for k, v in fields.items()
+                      if k not in ("step", "epoch") and _is_number(v))
+    return f"{'progress' if kind == 'step' else 'evaluation'} at step {fields['step']}: {shown}"
 
 
 class StepClock:
