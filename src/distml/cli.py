@@ -39,6 +39,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="distml", description="Distributed machine learning, "
                 "every strategy on the menu.")
+    p.add_argument("--version", action="version", version=f"distml {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train from a TOML config (local workers, or under torchrun)")
@@ -95,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    from distml import __version__
+    return __version__
+
+
 def _under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or (
         "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ)
@@ -104,6 +110,7 @@ def cmd_run(args) -> int:
     from distml import api
     from distml.config import load_config
     from distml.runtime.launcher import LaunchFailed
+    from distml.runtime.plan import format_plan
 
     overrides = list(args.overrides)
     if args.workers is not None:
@@ -121,7 +128,7 @@ def cmd_run(args) -> int:
             raise UserError(f"cannot read {saved} ({e}); give the run's config file") from None
         cfg = load_config(base=base, overrides=overrides, where=str(saved))
     else:
-        cfg = load_config(config_path, overrides)
+        cfg = api.load_run_config(config_path, overrides)
 
     if args.max_restarts < 0:
         raise UserError(f"--max-restarts must be >= 0, got {args.max_restarts}")
@@ -134,13 +141,18 @@ def cmd_run(args) -> int:
         return torchrun_main(WorkerJob(config=cfg.to_dict(), out_dir=str(out), resume=args.resume,
                                        stop_after=args.stop_after))
 
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UserError(f"--stop-after must be >= 1, got {args.stop_after}")
     if args.dry_run:
-        plan = api.plan(cfg)
-        print(json.dumps(plan, indent=2, default=str) if args.json else _format_plan(plan))
+        plan = api.plan(cfg, out=args.out, resume=args.resume)
+        print(json.dumps(plan, indent=2, default=str) if args.json else format_plan(plan))
         return 0
     try:
-        summary = api.run(cfg, out=args.out, resume=args.resume, stop_after=args.stop_after,
-                          max_restarts=args.max_restarts)
+        run_dir, summary = api.run_to_folder(cfg, out=args.out, resume=args.resume,
+                                             stop_after=args.stop_after,
+                                             max_restarts=args.max_restarts,
+                                             show_plan=None if args.json else
+                                             lambda plan: print(format_plan(plan), flush=True))
     except LaunchFailed as e:
         _error(f"rank {e.first.rank}: {e.first.line}")
         others = [x for x in e.exits if x.rank != e.first.rank]
@@ -149,31 +161,10 @@ def cmd_run(args) -> int:
         return EXIT_USER if e.user_error else 1
     if summary is None:
         print(f"distml: stopped after {args.stop_after} steps; continue with "
-              f"`distml run --resume --out {_run_dir_of(cfg, args)}`")
+              f"`distml run --resume --out {run_dir}`")
         return 0
     print(json.dumps(summary, indent=2) if args.json else _format_summary(summary))
     return 0
-
-
-def _run_dir_of(cfg, args) -> str:
-    return args.out or str(Path("runs") / cfg.name)
-
-
-def _format_plan(plan: dict[str, Any]) -> str:
-    lines = [f"plan for '{plan['name']}': {plan['workers']} worker(s), backend {plan['backend']}"]
-    d = plan["data"]
-    lines.append(f"  data       {d['source']}  ({d['task']}, input {d['input_shape']}, "
-                 f"classes {d['num_classes']}, train {d['train_samples']}, test {d['test_samples']})")
-    lines.append(f"  partition  {d['partition']}, batch {d['batch_size_per_worker']} per worker")
-    for s in plan["shards"]:
-        lines.append(f"    rank {s['rank']:<3} {s['role']:<14} {s['samples_per_epoch']} samples/epoch, "
-                     f"{s['steps_per_epoch']} steps/epoch")
-    lines.append(f"  model      {plan['model']['spec']}  ({plan['model']['parameters']:,} parameters)")
-    lines.append(f"  optimizer  {plan['optimizer']}, schedule {plan['schedule']}")
-    lines.append(f"  algorithm  {plan['algorithm']}")
-    lines.append(f"  codec      {plan['codec'] or 'none'}")
-    lines.append(f"  steps      {plan['total_steps']} ({plan['steps_per_epoch']} per epoch)")
-    return "\n".join(lines)
 
 
 def _fmt(v: Any) -> str:
