@@ -85,10 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--latency", default="20us", help="per-message latency, e.g. 20us, 1ms")
     sm.add_argument("--servers", type=int, default=1, help="parameter servers in the PS projection")
     sm.add_argument("--degree", type=int, default=2, help="gossip graph degree")
-    sm.add_argument("--efficiency", type=float, default=None,
+    sm.add_argument("--goodput", type=float, default=None,
                     help="TCP payload bytes per link byte (default 0.936: 1500-byte MTU, duplex ACKs; 1 = raw rate)")
-    sm.add_argument("--sw-latency", default="auto",
-                    help="software seconds per message hop: auto (calibrated from the profile) or e.g. 0, 2ms")
+    sm.add_argument("--software-latency", default="0", metavar="calibrated|0|VALUE",
+                    help="software seconds per message hop added to --latency: 0 (default: the "
+                         "physical network alone, for other hosts), calibrated (measured on the "
+                         "profile's machine) or a value such as 2ms")
     sm.add_argument("--json", action="store_true")
 
     li = sub.add_parser("list", help="list registered models, optimizers, sources, algorithms, ...")
@@ -248,25 +250,31 @@ def cmd_simulate(args) -> int:
         raise UserError(f"--workers must be comma-separated integers, got {args.workers!r}") from None
     if any(w < 1 for w in workers) or args.servers < 1 or args.degree < 1:
         raise UserError("--workers, --servers and --degree must be >= 1")
-    if args.efficiency is not None and not 0 < args.efficiency <= 1:
-        raise UserError(f"--efficiency must be in (0, 1], got {args.efficiency}")
+    if args.goodput is not None and not 0 < args.goodput <= 1:
+        raise UserError(f"--goodput must be in (0, 1], got {args.goodput}")
     prof = profile(Path(args.profile))
-    alpha_sw = software_alpha(prof) if args.sw_latency == "auto" else parse_latency(args.sw_latency)
-    eff = wire_efficiency() if args.efficiency is None else args.efficiency
+    measured_sw = software_alpha(prof)
+    alpha_sw = measured_sw if args.software_latency == "calibrated" else parse_latency(args.software_latency)
+    goodput = wire_efficiency() if args.goodput is None else args.goodput
     rows = project(prof, workers, parse_bandwidth(args.bandwidth), parse_latency(args.latency),
-                   args.servers, args.degree, efficiency=eff, alpha_sw=alpha_sw)
+                   args.servers, args.degree, efficiency=goodput, alpha_sw=alpha_sw)
     if args.json:
-        print(json.dumps({"profile": prof, "efficiency": eff, "alpha_sw": alpha_sw,
-                          "projection": rows}, indent=2))
+        print(json.dumps({"profile": prof, "goodput": goodput, "software_latency_s": alpha_sw,
+                          "calibrated_software_latency_s": measured_sw, "projection": rows}, indent=2))
         return 0
+    ops = ", ".join(f"{op} {o['calls']:g} call(s) {o['bytes'] / 1e6:.3f} MB" for op, o in prof["ops"].items())
+    print(f"calibrated from {prof['run']} ({prof['algorithm']}, {prof['workers']} workers): "
+          f"compute {prof['compute_per_step'] * 1e3:.2f} ms/step, per worker per step: {ops}")
+    print(f"software latency per hop measured there: {measured_sw * 1e3:.3f} ms "
+          + ("(used: --software-latency calibrated)" if args.software_latency == "calibrated"
+             else f"(not used; projecting with {alpha_sw * 1e3:g} ms: --software-latency calibrated uses it)"))
     from io import StringIO
 
     from rich.console import Console
     from rich.table import Table
-    t = Table(title=f"{prof['algorithm']}: {prof['compute_per_step'] * 1e3:.2f} ms compute/step, "
-                    f"{prof['bytes_per_step'] / 1e6:.3f} MB/step/worker; {args.bandwidth} × {eff:.3f} goodput, "
-                    f"{args.latency} + {alpha_sw * 1e3:.2f} ms software per hop")
-    for h in ("workers", "payload", "topology", "MB/step", "step ms", "worker-steps/s", "efficiency"):
+    t = Table(title=f"{args.bandwidth} links × {goodput:.3f} TCP goodput, {args.latency} network + "
+                    f"{alpha_sw * 1e3:g} ms software latency per hop")
+    for h in ("workers", "payload", "topology", "MB/step", "step ms", "worker-steps/s", "scaling_efficiency"):
         t.add_column(h, justify="left" if h in ("payload", "topology") else "right")
     for r in rows:
         t.add_row(str(r["workers"]), r["payload"], r["topology"], f"{r['bytes_per_step'] / 1e6:.3f}",

@@ -134,6 +134,7 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
         else:
             result = loop.run(resume=resume, stop_after=job.stop_after)
         totals = {"rank": rank, "steps": result.steps, "steps_this_run": result.steps_this_run,
+                  "wall_seconds_this_run": result.wall_seconds - loop.wall_before,   # after --resume
                   "train_loss": result.train_loss,
                   "compute_seconds": result.clock.compute, "comm_seconds": result.clock.comm,
                   "wait_seconds": result.clock.wait,
@@ -160,6 +161,7 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
                                        **(more(all_ranks) if more is not None else {})})
             save_torch_atomic(out_dir / "model.pt", parts.algorithm.eval_model().state_dict())
             write_json_atomic(out_dir / "summary.json", summary)
+            (out_dir / "stopped.json").unlink(missing_ok=True)     # an earlier --stop-after's marker
         elif rank == 0:
             write_json_atomic(out_dir / "stopped.json", {"step": result.steps, "completed": False})
         log.info("finished at step %d", result.steps)
