@@ -7,13 +7,14 @@ failure or a dead peer (one line naming the rank), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from distml.errors import UserError
+from distml.errors import DataError, UserError
 
 EXIT_USER = 2
 
@@ -111,8 +112,6 @@ def _under_torchrun() -> bool:
 def cmd_run(args) -> int:
     from distml import api
     from distml.config import load_config
-    from distml.runtime.launcher import LaunchFailed
-    from distml.runtime.plan import format_plan
 
     overrides = list(args.overrides)
     if args.workers is not None:
@@ -134,6 +133,8 @@ def cmd_run(args) -> int:
 
     if args.max_restarts < 0:
         raise UserError(f"--max-restarts must be >= 0, got {args.max_restarts}")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UserError(f"--stop-after must be >= 1, got {args.stop_after}")
     if _under_torchrun():
         if args.max_restarts:
             raise UserError("under torchrun, pass --max-restarts to torchrun (its agent restarts "
@@ -143,8 +144,28 @@ def cmd_run(args) -> int:
         return torchrun_main(WorkerJob(config=cfg.to_dict(), out_dir=str(out), resume=args.resume,
                                        stop_after=args.stop_after))
 
-    if args.stop_after is not None and args.stop_after < 1:
-        raise UserError(f"--stop-after must be >= 1, got {args.stop_after}")
+    with _example_files_hint(config_path):
+        return _run_checked(args, cfg)
+
+
+@contextlib.contextmanager
+def _example_files_hint(config_path: str | None):
+    """A data file missing for a config that sits next to ``make_example_files.py`` (the
+    examples folder): the error says which command makes the files."""
+    maker = Path(config_path).parent / "make_example_files.py" if config_path else None
+    try:
+        yield
+    except DataError as e:
+        if maker is None or not maker.exists() or "not found" not in str(e):
+            raise
+        raise DataError(f"{e}; the example data files are made by `python {maker}`") from None
+
+
+def _run_checked(args, cfg) -> int:
+    from distml import api
+    from distml.runtime.launcher import LaunchFailed
+    from distml.runtime.plan import format_plan
+
     if args.dry_run:
         plan = api.plan(cfg, out=args.out, resume=args.resume)
         print(json.dumps(plan, indent=2, default=str) if args.json else format_plan(plan))
