@@ -19,6 +19,17 @@ def _has_results(path: Path) -> bool:
 
 def choose_run_dir(name: str, out: str | os.PathLike | None, resume: bool,
                    root: str | os.PathLike = "runs") -> Path:
+    """See :func:`_choose_run_dir`; a path the OS cannot take at all is a UserError too."""
+    try:
+        if "\0" in os.fspath(out or root):      # pathlib reads it as "does not exist"
+            raise ValueError("embedded null byte")
+        return _choose_run_dir(name, out, resume, root)
+    except (OSError, ValueError) as e:       # a NUL byte, a name too long, ...
+        raise UserError(f"cannot use the run folder {str(out or root)!r}: {e}; choose another --out") from None
+
+
+def _choose_run_dir(name: str, out: str | os.PathLike | None, resume: bool,
+                    root: str | os.PathLike = "runs") -> Path:
     """The run folder a run will use, without creating it.
 
     Without ``out``, ``runs/<name>``; when that already holds a run, the first free
@@ -57,9 +68,13 @@ def check_run_dir_writable(path: Path) -> None:
             writable directory.
     """
     existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        usable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot use the run folder {path}: {e}; choose another --out") from None
+    if not usable:
         what = "is not a folder" if not existing.is_dir() else "is not writable"
         raise UserError(f"cannot write to the run folder {path}: {existing} {what}; choose "
                         "another --out")
