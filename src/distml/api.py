@@ -87,7 +87,7 @@ def preflight(cfg: RunConfig, user: UserParts | None = None, out: str | os.PathL
     ``compare`` and the real run: names, parameters and data (:func:`make_plan`), device
     and backend on this host, and the run folder. Returns the plan with the resolved
     ``backend``, ``device`` and ``run_dir``."""
-    resolved = add_roles(cfg, make_plan(cfg, user), build_source(cfg, user))
+    resolved = add_roles(cfg, make_plan(cfg, user), lambda: build_source(cfg, user))
     device, backend = resolve_device(cfg.train.device, cfg.comm.backend, resolved["processes"])
     run_dir = choose_run_dir(cfg.name, out, resume, root=runs_root)
     check_run_dir_writable(run_dir)

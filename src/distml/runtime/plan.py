@@ -42,11 +42,12 @@ def spec_text(spec: Any) -> str:
     return str(spec)
 
 
-def add_roles(config: RunConfig, plan: dict[str, Any], source) -> dict[str, Any]:
+def add_roles(config: RunConfig, plan: dict[str, Any], build_source) -> dict[str, Any]:
     """The plan with ``roles`` (one entry per process) and the steps this algorithm trains.
 
     Args:
-        source: the run's data source (already built for ``plan``).
+        build_source: builds the run's data source (called only where the roles need
+            more than ``plan`` holds: model-parallel algorithms and CoCoA).
     """
     name = config.algorithm.name
     world = config.workers
@@ -55,7 +56,7 @@ def add_roles(config: RunConfig, plan: dict[str, Any], source) -> dict[str, Any]
     if name in _MODEL_PARALLEL:
         # the pipeline's schedule needs batches; the others take a full-batch optimizer whole
         full_batch = name != "pipeline" and is_full_batch(split_spec(config.optim.spec(), "optimizer")[0])
-        order = make_loader(source, PARTITIONS.build(config.data.partition), 0, 1,
+        order = make_loader(build_source(), PARTITIONS.build(config.data.partition), 0, 1,
                             config.data.batch_size, config.seed,
                             samples_per_epoch=config.data.samples_per_epoch)
         steps_per_epoch = 1 if full_batch else order.steps_per_epoch
@@ -73,7 +74,7 @@ def add_roles(config: RunConfig, plan: dict[str, Any], source) -> dict[str, Any]
                 work = f"1/{world} of every column/row-parallel Linear pair, every batch"
             roles.append({"rank": rank, "role": _MODEL_PARALLEL[name], "work": work})
     elif name == "cocoa":
-        n = len(source.train())
+        n = len(build_source().train())
         algo = ALGORITHMS.build(config.algorithm.spec())
         rows = [len(part) for part in np.array_split(np.arange(n), world)]
         for rank, count in enumerate(rows):
