@@ -274,6 +274,7 @@ def compare(configs: list[str | os.PathLike], vary: list[str] | None = None, rep
         ``make_report``'s result plus ``"runs"``: the run folders.
     """
     from distml.runtime.report import make_report
+    refuse_in_worker_import()
     if repeat < 1:
         raise ConfigError(f"--repeat must be >= 1, got {repeat}")
     if not configs:

@@ -388,7 +388,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             print(f"distml: note: optim.name changed to '{_optimizer_name(updated)}': dropped "
                   f"{', '.join(dropped)} (parameters of '{_optimizer_name(data)}' it does not take)",
                   file=sys.stderr)
-    _check_finite(updated, where)
+    _check_finite(data, where)
+    _check_finite(updated, "--set")
     try:
         return RunConfig.model_validate(updated)
     except ValidationError as e:

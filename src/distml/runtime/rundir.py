@@ -9,7 +9,6 @@ from pathlib import Path
 from distml.errors import UserError
 from distml.runtime.metrics import write_json_atomic
 
-STOPPED = "stopped.json"      # written by rank 0 when --stop-after ends a run early
 USER_PARTS = "user_parts.json"  # how a Python-API run's own model and data can be rebuilt
 
 
@@ -82,8 +81,7 @@ def check_run_dir_writable(path: Path) -> None:
 
 def prepare_run_dir(name: str, out: str | os.PathLike | None, resume: bool,
                     root: str | os.PathLike = "runs") -> Path:
-    """Pick (:func:`choose_run_dir`) and create the run folder; a leftover ``stopped.json``
-    of an earlier ``--stop-after`` is removed when the run starts.
+    """Pick (:func:`choose_run_dir`) and create the run folder.
 
     Raises:
         UserError: nothing to resume, results would be overwritten, or the folder is not
@@ -104,7 +102,6 @@ def prepare_run_dir(name: str, out: str | os.PathLike | None, resume: bool,
             probe.unlink(missing_ok=True)      # a full disk keeps no half-written probe
         raise UserError(f"cannot write to the run folder {path}: {e.strerror or e}; choose "
                         "another --out") from None
-    (path / STOPPED).unlink(missing_ok=True)
     return path
 
 
