@@ -3,6 +3,7 @@ Python-API run, the resume hint of a taken run folder (issue 19, parts 2 and 4).
 
 import json
 import os
+import re
 import sys
 import textwrap
 
@@ -118,7 +119,7 @@ def test_stop_after_hint_and_summary_name_the_folder_really_used(tmp_path):
     res = distml("run", "c.toml", "--stop-after", "10", timeout=120, cwd=tmp_path, env=_env(tmp_path))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "continue with `distml run --resume --out runs/small-2`" in res.stdout, res.stdout
-    assert "results         runs/small-2" in res.stdout           # the plan printed before the run
+    assert re.search(r"^  results\s+runs/small-2$", res.stdout, re.M), res.stdout   # the plan, before
     assert (tmp_path / "runs/small-2/stopped.json").exists()
     res = distml("run", "c.toml", "--resume", "--out", "runs/small-2", "--json", timeout=120,
                  cwd=tmp_path, env=_env(tmp_path))
