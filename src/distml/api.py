@@ -3,7 +3,7 @@
 Example::
 
     import distml
-    if __name__ == "__main__":     # workers import this script: without the guard they
+    if __name__ == "__main__":     # required: every worker process imports this script
         summary = distml.run("examples/quickstart.toml", overrides=["train.epochs=1"])
         # or your own module and data, no config file:
         summary = distml.run({"workers": 2, "optim": {"name": "sgd", "lr": 0.05}},

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from distml import __version__
 from distml.errors import DataError, UserError
 
 EXIT_USER = 2
@@ -40,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="distml", description="Distributed machine learning, "
                 "every strategy on the menu.")
-    p.add_argument("--version", action="version", version=f"distml {_version()}")
+    p.add_argument("--version", action="version", version=f"distml {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train from a TOML config (local workers, or under torchrun)")
@@ -97,11 +98,6 @@ def _parser() -> argparse.ArgumentParser:
     li = sub.add_parser("list", help="list registered models, optimizers, sources, algorithms, ...")
     li.add_argument("kind", nargs="?")
     return p
-
-
-def _version() -> str:
-    from distml import __version__
-    return __version__
 
 
 def _under_torchrun() -> bool:
