@@ -116,3 +116,10 @@ def test_json_plan_carries_the_resolved_backend_roles_and_folder(tmp_path):
     assert plan["backend"] == "gloo" and plan["device"] == "cpu"
     assert plan["run_dir"] == str(tmp_path / "r") and [r["rank"] for r in plan["roles"]] == [0, 1]
     assert not (tmp_path / "r").exists()              # a dry run creates nothing
+
+
+def test_full_batch_plan_agrees_with_its_step_count(tmp_path):
+    text = dry_run(tmp_path, {"name": "gd", "workers": 2, "data": CANCER, "model": {"name": "softmax"},
+                              "optim": {"name": "gd", "lr": 0.5}, "train": {"epochs": 4}})
+    assert row(text, "steps") == "4 (1 per epoch)"
+    assert re.search(r"^  1\s+worker\s+shard of 227 samples, one full-batch step per epoch$", text, re.M), text

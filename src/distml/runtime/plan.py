@@ -84,13 +84,18 @@ def add_roles(config: RunConfig, plan: dict[str, Any], build_source) -> dict[str
         steps_per_epoch = max(1, math.ceil(rows[0] / h))
         total = _capped(config, algo.rounds or max(1, math.ceil(config.train.epochs * rows[0] / h)))
     else:
+        full_batch = is_full_batch(split_spec(config.optim.spec(), "optimizer")[0])
+        # an algorithm that starts fewer processes than workers (Hogwild) forks them itself
+        forked = " (forked, shares the model)" if plan["processes"] < world else ""
         for s in plan["shards"]:
             if s["role"] == "server":
                 roles.append({"rank": s["rank"], "role": "server", "work": "parameter server"})
-            else:
-                roles.append({"rank": s["rank"], "role": "worker" if s["rank"] else "worker (lead)",
-                              "work": f"shard of {s['samples_per_epoch']} samples/epoch, "
-                                      f"{s['steps_per_epoch']} steps/epoch"})
+                continue
+            work = (f"shard of {plan['data']['train_samples'] // world} samples, one full-batch "
+                    "step per epoch" if full_batch and plan["data"]["train_samples"] else
+                    f"shard of {s['samples_per_epoch']} samples/epoch, {s['steps_per_epoch']} steps/epoch")
+            roles.append({"rank": s["rank"], "role": ("worker" if s["rank"] else "worker (lead)") + forked,
+                          "work": work})
     return {**plan, "roles": roles, "steps_per_epoch": steps_per_epoch, "total_steps": total,
             "optimizer_used": _NO_OPTIMIZER.get(name)}
 

@@ -22,8 +22,8 @@ from distml.comm.transport import Transport
 from distml.config import RunConfig, parse_config
 from distml.errors import CheckpointError, PeerError, UserError
 from distml.runtime.build import UserParts, build_parts, restore_registrations
-from distml.runtime.devices import resolve_device
 from distml.runtime.checkpoint import Checkpoints, agree_on_resume, save_torch_atomic
+from distml.runtime.devices import resolve_device
 from distml.runtime.faults import arm_crash
 from distml.runtime.loop import TrainLoop
 from distml.runtime.metrics import summarize, write_json_atomic
