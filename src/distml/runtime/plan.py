@@ -97,6 +97,7 @@ def add_roles(config: RunConfig, plan: dict[str, Any], build_source) -> dict[str
             roles.append({"rank": s["rank"], "role": ("worker" if s["rank"] else "worker (lead)") + forked,
                           "work": work})
     return {**plan, "roles": roles, "steps_per_epoch": steps_per_epoch, "total_steps": total,
+            "max_steps": config.train.max_steps,
             "optimizer_used": _NO_OPTIMIZER.get(name)}
 
 
@@ -141,7 +142,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     run.add_row("algorithm", _algorithm_text(plan["algorithm"]))
     run.add_row("codec", spec_text(plan["codec"]))
     run.add_row("backend", f"{plan['backend']} on {plan.get('device', 'cpu')}")
-    run.add_row("steps", f"{plan['total_steps']} ({plan['steps_per_epoch']} per epoch)")
+    capped = plan.get("max_steps") is not None and plan["total_steps"] == plan["max_steps"]
+    run.add_row("steps", f"{plan['total_steps']} ({'train.max_steps; ' if capped else ''}"
+                         f"{plan['steps_per_epoch']} per epoch)")
     if plan.get("run_dir"):
         run.add_row("results", str(plan["run_dir"]))
     roles = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
