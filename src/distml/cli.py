@@ -7,13 +7,15 @@ failure or a dead peer (one line naming the rank), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from distml.errors import UserError
+from distml import __version__
+from distml.errors import DataError, UserError
 
 EXIT_USER = 2
 
@@ -39,6 +41,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="distml", description="Distributed machine learning, "
                 "every strategy on the menu.")
+    p.add_argument("--version", action="version", version=f"distml {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train from a TOML config (local workers, or under torchrun)")
@@ -86,10 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--latency", default="20us", help="per-message latency, e.g. 20us, 1ms")
     sm.add_argument("--servers", type=int, default=1, help="parameter servers in the PS projection")
     sm.add_argument("--degree", type=int, default=2, help="gossip graph degree")
-    sm.add_argument("--efficiency", type=float, default=None,
+    sm.add_argument("--goodput", type=float, default=None,
                     help="TCP payload bytes per link byte (default 0.936: 1500-byte MTU, duplex ACKs; 1 = raw rate)")
-    sm.add_argument("--sw-latency", default="auto",
-                    help="software seconds per message hop: auto (calibrated from the profile) or e.g. 0, 2ms")
+    sm.add_argument("--software-latency", default="0", metavar="calibrated|0|VALUE",
+                    help="software seconds per message hop added to --latency: 0 (default: the "
+                         "physical network alone, for other hosts), calibrated (measured on the "
+                         "profile's machine) or a value such as 2ms")
     sm.add_argument("--json", action="store_true")
 
     li = sub.add_parser("list", help="list registered models, optimizers, sources, algorithms, ...")
@@ -105,7 +110,6 @@ def _under_torchrun() -> bool:
 def cmd_run(args) -> int:
     from distml import api
     from distml.config import load_config
-    from distml.runtime.launcher import LaunchFailed
 
     overrides = list(args.overrides)
     if args.workers is not None:
@@ -123,10 +127,12 @@ def cmd_run(args) -> int:
             raise UserError(f"cannot read {saved} ({e}); give the run's config file") from None
         cfg = load_config(base=base, overrides=overrides, where=str(saved))
     else:
-        cfg = load_config(config_path, overrides)
+        cfg = api.load_run_config(config_path, overrides)
 
     if args.max_restarts < 0:
         raise UserError(f"--max-restarts must be >= 0, got {args.max_restarts}")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UserError(f"--stop-after must be >= 1, got {args.stop_after}")
     if _under_torchrun():
         if args.max_restarts:
             raise UserError("under torchrun, pass --max-restarts to torchrun (its agent restarts "
@@ -136,13 +142,38 @@ def cmd_run(args) -> int:
         return torchrun_main(WorkerJob(config=cfg.to_dict(), out_dir=str(out), resume=args.resume,
                                        stop_after=args.stop_after))
 
+    with _example_files_hint(config_path):
+        return _run_checked(args, cfg)
+
+
+@contextlib.contextmanager
+def _example_files_hint(config_path: str | None):
+    """A data file missing for a config that sits next to ``make_example_files.py`` (the
+    examples folder): the error says which command makes the files."""
+    maker = Path(config_path).parent / "make_example_files.py" if config_path else None
+    try:
+        yield
+    except DataError as e:
+        if maker is None or not maker.exists() or "not found" not in str(e):
+            raise
+        raise DataError(f"{e}; the example data files are made by `python {maker}`") from None
+
+
+def _run_checked(args, cfg) -> int:
+    from distml import api
+    from distml.runtime.launcher import LaunchFailed
+    from distml.runtime.plan import format_plan
+
     if args.dry_run:
-        plan = api.plan(cfg)
-        print(json.dumps(plan, indent=2, default=str) if args.json else _format_plan(plan))
+        plan = api.plan(cfg, out=args.out, resume=args.resume)
+        print(json.dumps(plan, indent=2, default=str) if args.json else format_plan(plan))
         return 0
     try:
-        summary = api.run(cfg, out=args.out, resume=args.resume, stop_after=args.stop_after,
-                          max_restarts=args.max_restarts)
+        run_dir, summary = api.run_to_folder(cfg, out=args.out, resume=args.resume,
+                                             stop_after=args.stop_after,
+                                             max_restarts=args.max_restarts,
+                                             show_plan=None if args.json else
+                                             lambda plan: print(format_plan(plan), flush=True))
     except LaunchFailed as e:
         _error(f"rank {e.first.rank}: {e.first.line}")
         others = [x for x in e.exits if x.rank != e.first.rank]
@@ -151,31 +182,10 @@ def cmd_run(args) -> int:
         return EXIT_USER if e.user_error else 1
     if summary is None:
         print(f"distml: stopped after {args.stop_after} steps; continue with "
-              f"`distml run --resume --out {_run_dir_of(cfg, args)}`")
+              f"`distml run --resume --out {run_dir}`")
         return 0
     print(json.dumps(summary, indent=2) if args.json else _format_summary(summary))
     return 0
-
-
-def _run_dir_of(cfg, args) -> str:
-    return args.out or str(Path("runs") / cfg.name)
-
-
-def _format_plan(plan: dict[str, Any]) -> str:
-    lines = [f"plan for '{plan['name']}': {plan['workers']} worker(s), backend {plan['backend']}"]
-    d = plan["data"]
-    lines.append(f"  data       {d['source']}  ({d['task']}, input {d['input_shape']}, "
-                 f"classes {d['num_classes']}, train {d['train_samples']}, test {d['test_samples']})")
-    lines.append(f"  partition  {d['partition']}, batch {d['batch_size_per_worker']} per worker")
-    for s in plan["shards"]:
-        lines.append(f"    rank {s['rank']:<3} {s['role']:<14} {s['samples_per_epoch']} samples/epoch, "
-                     f"{s['steps_per_epoch']} steps/epoch")
-    lines.append(f"  model      {plan['model']['spec']}  ({plan['model']['parameters']:,} parameters)")
-    lines.append(f"  optimizer  {plan['optimizer']}, schedule {plan['schedule']}")
-    lines.append(f"  algorithm  {plan['algorithm']}")
-    lines.append(f"  codec      {plan['codec'] or 'none'}")
-    lines.append(f"  steps      {plan['total_steps']} ({plan['steps_per_epoch']} per epoch)")
-    return "\n".join(lines)
 
 
 def _fmt(v: Any) -> str:
@@ -261,25 +271,31 @@ def cmd_simulate(args) -> int:
         raise UserError(f"--workers must be comma-separated integers, got {args.workers!r}") from None
     if any(w < 1 for w in workers) or args.servers < 1 or args.degree < 1:
         raise UserError("--workers, --servers and --degree must be >= 1")
-    if args.efficiency is not None and not 0 < args.efficiency <= 1:
-        raise UserError(f"--efficiency must be in (0, 1], got {args.efficiency}")
+    if args.goodput is not None and not 0 < args.goodput <= 1:
+        raise UserError(f"--goodput must be in (0, 1], got {args.goodput}")
     prof = profile(Path(args.profile))
-    alpha_sw = software_alpha(prof) if args.sw_latency == "auto" else parse_latency(args.sw_latency)
-    eff = wire_efficiency() if args.efficiency is None else args.efficiency
+    measured_sw = software_alpha(prof)
+    alpha_sw = measured_sw if args.software_latency == "calibrated" else parse_latency(args.software_latency)
+    goodput = wire_efficiency() if args.goodput is None else args.goodput
     rows = project(prof, workers, parse_bandwidth(args.bandwidth), parse_latency(args.latency),
-                   args.servers, args.degree, efficiency=eff, alpha_sw=alpha_sw)
+                   args.servers, args.degree, efficiency=goodput, alpha_sw=alpha_sw)
     if args.json:
-        print(json.dumps({"profile": prof, "efficiency": eff, "alpha_sw": alpha_sw,
-                          "projection": rows}, indent=2))
+        print(json.dumps({"profile": prof, "goodput": goodput, "software_latency_s": alpha_sw,
+                          "calibrated_software_latency_s": measured_sw, "projection": rows}, indent=2))
         return 0
+    ops = ", ".join(f"{op} {o['calls']:g} call(s) {o['bytes'] / 1e6:.3f} MB" for op, o in prof["ops"].items())
+    print(f"calibrated from {prof['run']} ({prof['algorithm']}, {prof['workers']} workers): "
+          f"compute {prof['compute_per_step'] * 1e3:.2f} ms/step, per worker per step: {ops}")
+    print(f"software latency per hop measured there: {measured_sw * 1e3:.3f} ms "
+          + ("(used: --software-latency calibrated)" if args.software_latency == "calibrated"
+             else f"(not used; projecting with {alpha_sw * 1e3:g} ms: --software-latency calibrated uses it)"))
     from io import StringIO
 
     from rich.console import Console
     from rich.table import Table
-    t = Table(title=f"{prof['algorithm']}: {prof['compute_per_step'] * 1e3:.2f} ms compute/step, "
-                    f"{prof['bytes_per_step'] / 1e6:.3f} MB/step/worker; {args.bandwidth} × {eff:.3f} goodput, "
-                    f"{args.latency} + {alpha_sw * 1e3:.2f} ms software per hop")
-    for h in ("workers", "payload", "topology", "MB/step", "step ms", "worker-steps/s", "efficiency"):
+    t = Table(title=f"{args.bandwidth} links × {goodput:.3f} TCP goodput, {args.latency} network + "
+                    f"{alpha_sw * 1e3:g} ms software latency per hop")
+    for h in ("workers", "payload", "topology", "MB/step", "step ms", "worker-steps/s", "scaling_efficiency"):
         t.add_column(h, justify="left" if h in ("payload", "topology") else "right")
     for r in rows:
         t.add_row(str(r["workers"]), r["payload"], r["topology"], f"{r['bytes_per_step'] / 1e6:.3f}",

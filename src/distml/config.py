@@ -11,9 +11,16 @@ from __future__ import annotations
 import copy
 import importlib.util
 import math
-import tomllib
+import re
+import sys
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Literal
+
+try:
+    import tomllib
+except ModuleNotFoundError:        # Python 3.10: the same parser, as a package
+    import tomli as tomllib
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -239,29 +246,87 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: TOML syntax error: {e}") from None
 
 
-def parse_value(text: str) -> Any:
-    """Parse the right-hand side of ``--set key=value`` as a TOML value, else a string."""
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: tables merge key by key, any other value replaces."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_document(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file with its ``include = ["base.toml", ...]`` files merged in.
+
+    Included paths are relative to the including file; they apply in order, and the
+    including file's own keys override them. A file that includes itself, directly or
+    through others, is refused.
+
+    Raises:
+        ConfigError: unreadable or malformed files, a bad ``include`` or a cycle.
+    """
+    p = Path(path)
+    key = p.resolve()
+    if key in _chain:
+        cycle = " -> ".join(str(c) for c in (*_chain, key))
+        raise ConfigError(f"{p}: include cycle: {cycle}")
+    data = load_toml(p)
+    includes = data.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"{p}: include must be a file name or a list of them, got {includes!r}")
+    merged: dict[str, Any] = {}
+    for name in includes:
+        merged = merge(merged, load_document(p.parent / name, (*_chain, key)))
+    return merge(merged, data)
+
+
+# a bare word on the right of ``--set``: a name or a path, taken as a string unquoted
+_BARE_WORD = re.compile(r"[A-Za-z_/~][^\s\[\]{}\"'=,]*")
+
+
+def parse_value(text: str, key: str = "") -> Any:
+    """Parse the right-hand side of ``--set key=value`` as a TOML value.
+
+    A bare word (``mlp``, ``data/train.csv``) is a string; anything else that is not
+    valid TOML (``0.1.2``, ``[1,2``, an unclosed quote) is an error, not a string.
+
+    Raises:
+        ConfigError: a malformed value, naming ``--set``.
+    """
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+    except tomllib.TOMLDecodeError as e:
+        if _BARE_WORD.fullmatch(text):
+            return text
+        raise ConfigError(f"--set {key}={text}: not a valid TOML value ({e}); quote strings, "
+                          f"e.g. {key}='...'") from None
+
+
+def _override_key(item: str) -> tuple[str, str]:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value (e.g. optim.lr=0.1), got {item!r}")
+    if any(not p for p in key.split(".")):
+        raise ConfigError(f"--set key has an empty part: {key!r}")
+    return key, raw.strip()
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (values in TOML syntax) to a config dict.
 
     Raises:
-        ConfigError: an override without ``=`` or one that descends into a non-table.
+        ConfigError: an override without ``=``, a malformed value, or one that descends
+            into a non-table.
     """
     out = copy.deepcopy(data)
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set expects key=value (e.g. optim.lr=0.1), got {item!r}")
+        key, raw = _override_key(item)
         parts = key.split(".")
-        if any(not p for p in parts):
-            raise ConfigError(f"--set key has an empty part: {key!r}")
         node = out
         for part in parts[:-1]:
             child = node.setdefault(part, {})
@@ -270,13 +335,78 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: '{part}' is a value, not a table")
             node = child
-        node[parts[-1]] = parse_value(raw.strip())
+        node[parts[-1]] = parse_value(raw, key)
     return out
 
 
+def _optimizer_name(data: dict[str, Any]) -> Any:
+    optim = data.get("optim")
+    return optim.get("name", "sgd") if isinstance(optim, dict) else optim if optim is not None else "sgd"
+
+
+def drop_foreign_optimizer_params(before: dict[str, Any], after: dict[str, Any],
+                                  accepted: Callable[[str], Collection[str] | None]) -> list[str]:
+    """After ``--set optim.name=NEW``, remove the old optimizer's parameters NEW does not take.
+
+    ``accepted(name)`` gives an optimizer's parameter names (None: unknown name, left to
+    the registry's own error). Parameters set by ``--set`` itself are kept (and refused
+    by the registry if NEW does not take them). Returns the removed keys.
+    """
+    old, new = _optimizer_name(before), _optimizer_name(after)
+    optim = after.get("optim")
+    if old == new or not isinstance(optim, dict) or not isinstance(new, str):
+        return []
+    takes = accepted(new)
+    if takes is None:
+        return []
+    old_keys = set(before["optim"]) if isinstance(before.get("optim"), dict) else set()
+    dropped = [k for k in optim if k in old_keys and k not in ("name", "schedule") and k not in takes
+               and optim[k] == before["optim"].get(k)]
+    for k in dropped:
+        del optim[k]
+    return dropped
+
+
+def _blame(e: ConfigError | ValidationError, where: str, overrides: list[str]) -> str:
+    """The validation error, naming the ``--set`` that set the offending key if one did."""
+    if not isinstance(e, ValidationError):
+        return str(e)
+    loc = [str(p) for p in e.errors()[0]["loc"]]
+    for item in reversed(overrides):
+        parts = _override_key(item)[0].split(".")
+        n = min(len(parts), len(loc))
+        if n and parts[:n] == loc[:n]:
+            return _format_validation_error(e, f"--set {item.strip()}")
+    return _format_validation_error(e, where)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None, where: str = "config") -> RunConfig:
-    """Load a run config from a TOML file (or a dict) and apply ``--set`` overrides."""
-    data = load_toml(path) if path is not None else copy.deepcopy(base or {})
-    data = apply_overrides(data, overrides or [])
-    return parse_config(data, where=str(path) if path is not None else where)
+                base: dict[str, Any] | None = None, where: str = "config",
+                optimizer_params: Callable[[str], Collection[str] | None] | None = None) -> RunConfig:
+    """Load a run config from a TOML file (with its includes) or a dict, then apply
+    ``--set`` overrides.
+
+    Args:
+        optimizer_params: an optimizer's parameter names by name; when given, an
+            ``optim.name`` override drops the old optimizer's parameters the new one
+            does not take, with a one-line note on stderr.
+
+    Raises:
+        ConfigError: one line, naming the file or the ``--set`` that caused it.
+    """
+    overrides = overrides or []
+    data = load_document(path) if path is not None else copy.deepcopy(base or {})
+    where = str(path) if path is not None else where
+    updated = apply_overrides(data, overrides)
+    if optimizer_params is not None:
+        dropped = drop_foreign_optimizer_params(data, updated, optimizer_params)
+        if dropped:
+            print(f"distml: note: optim.name changed to '{_optimizer_name(updated)}': dropped "
+                  f"{', '.join(dropped)} (parameters of '{_optimizer_name(data)}' it does not take)",
+                  file=sys.stderr)
+    _check_finite(data, where)
+    _check_finite(updated, "--set")
+    try:
+        return RunConfig.model_validate(updated)
+    except ValidationError as e:
+        raise ConfigError(_blame(e, where, overrides)) from None

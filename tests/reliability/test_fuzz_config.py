@@ -180,6 +180,31 @@ def test_found_by_fuzzing(env, override, message):
     assert rc == 2 and message in err, err
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("doc,extra,message", [
+    # what the real run refused only after starting its workers (issue 19)
+    (BASE, ["--set=train.device='cuda'"], "train.device = 'cuda' but no CUDA device is visible"),
+    (BASE, ["--set=comm.backend='nccl'"], "comm.backend = 'nccl' needs CUDA devices"),
+    (BASE, ["--out", "{file}/run"], "is not a folder; choose another --out"),
+    (BASE, ["--out", "x\x00y"], "choose another --out"),
+    ("gossip", ["--set=workers=1"], "gossip needs at least 2 workers"),
+    # --set blamed for what it set; malformed values are errors, not strings
+    (BASE, ["--set=workers=0"], "--set workers=0: workers: Input should be greater than or equal to 1"),
+    (BASE, ["--set=optim.lr=0.1.2"], "--set optim.lr=0.1.2: not a valid TOML value"),
+    (BASE, ["--set=model.hidden=[4"], "--set model.hidden=[4: not a valid TOML value"),
+])
+def test_checks_of_the_real_run_in_the_dry_run(env, monkeypatch, tmp_path, doc, extra, message):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)    # a CPU host, GPU or not
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    (tmp_path / "file").write_text("")
+    extra = [e.replace("{file}", str(tmp_path / "file")) for e in extra]
+    if isinstance(doc, str):         # a base document with real data files, by algorithm
+        doc = next(d for d in env["bases"] if d["algorithm"]["name"] == doc)
+    rc, err = run_text(env, fg.to_toml(doc), extra, "new checks")
+    assert rc == 2 and message in err, err
+
+
 @pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_a_handful_through_a_real_process(env, tmp_path):

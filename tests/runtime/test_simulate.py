@@ -79,3 +79,42 @@ def test_gloo_all_gather_between_two_workers_is_one_and_a_half_transfers():
     ops = {"all_gather": {"bytes": m, "calls": 2.0}}
     assert sim.comm_seconds(ops, 2, bw, a) == pytest.approx(1.5 * 3 + 2 * a)
     assert sim.comm_seconds(ops, 2, bw, a, gloo=False) == pytest.approx(3 + 2 * a)
+
+
+def _simulate(capsys, run_dir, *extra):
+    from distml.cli import main
+    rc = main(["simulate", "--profile", str(run_dir), "--workers", "4", "--bandwidth", "100Mbit",
+               "--latency", "100us", "--json", *extra])
+    return rc, json.loads(capsys.readouterr().out)
+
+
+def test_simulate_defaults_to_the_physical_network_and_names_its_knobs(tmp_path, capsys):
+    """The calibrated software latency is opt-in; goodput and scaling efficiency are apart."""
+    ops = {"all_reduce": {"calls": 300, "bytes_sent": 100 * 3e6, "seconds": 0.3}}
+    run = _run_dir(tmp_path, ops, comm=1.2)                  # 2 ms per hop measured there
+    rc, physical = _simulate(capsys, run)
+    assert rc == 0 and physical["software_latency_s"] == 0.0
+    assert physical["calibrated_software_latency_s"] == pytest.approx(0.002)
+    assert physical["goodput"] == pytest.approx(sim.wire_efficiency())
+    rc, calibrated = _simulate(capsys, run, "--software-latency", "calibrated", "--goodput", "1")
+    assert rc == 0 and calibrated["software_latency_s"] == pytest.approx(0.002)
+    ring = [next(r for r in p["projection"] if r["topology"] == "ring_allreduce")
+            for p in (physical, calibrated)]
+    assert ring[0]["scaling_efficiency"] > ring[1]["scaling_efficiency"]
+    assert ring[1]["step_seconds"] == pytest.approx(
+        sim.predict_step(sim.profile(run), 4, 12.5e6, 1e-4, efficiency=1.0, alpha_sw=0.002))
+
+
+def test_simulate_says_what_it_calibrated_from(tmp_path, capsys):
+    from distml.cli import main
+    ops = {"all_reduce": {"calls": 300, "bytes_sent": 100 * 3e6, "seconds": 0.3}}
+    run = _run_dir(tmp_path, ops, comm=1.2)
+    assert main(["simulate", "--profile", str(run), "--workers", "4"]) == 0
+    out = capsys.readouterr().out
+    assert f"calibrated from {run} (sync_sgd, 2 workers): compute 50.00 ms/step" in out
+    assert "all_reduce 3 call(s) 3.000 MB" in out
+    assert "software latency per hop measured there: 2.000 ms (not used" in out
+    assert "scaling_efficiency" in out and "goodput" in out
+    with pytest.raises(SystemExit) as e:                      # renamed: --goodput
+        main(["simulate", "--profile", str(run), "--efficiency", "0.5"])
+    assert e.value.code == 2

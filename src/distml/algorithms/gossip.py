@@ -83,6 +83,9 @@ class Gossip(Algorithm):
 
     def check_config(self, config) -> None:
         """Refuse what does not compose before any process starts (called when building)."""
+        if config.workers < 2:
+            raise ConfigError("gossip needs at least 2 workers (a single worker has no neighbour "
+                              "to average with); set workers >= 2 or use sync_sgd")
         graph = build_graph(self.graph_spec, config.workers)    # its parameters fit the world
         if self.codec is None:
             return

@@ -11,9 +11,11 @@ import torch
 from distml.algorithms import ALGORITHMS
 from distml.config import parse_config
 from distml.errors import UserError
-from distml.runtime.build import build_model_for, build_source
+from distml.runtime.build import UserParts, build_model_for, build_source
 from distml.runtime.checkpoint import load_tensors, squash
 from distml.runtime.evaluate import evaluate
+from distml.runtime.rundir import USER_PARTS
+from distml.runtime.userparts import rebuild_user_parts
 
 
 def evaluate_run(run_dir: Path) -> dict[str, Any]:
@@ -33,9 +35,16 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UserError(f"{cfg_path} does not hold a distml config (a JSON object)")
     config = parse_config(raw, where=str(cfg_path))
+    model_factory = user_loss = None
+    record = run_dir / USER_PARTS      # a Python-API run's own model, loss and data
+    if record.exists():
+        try:
+            model_factory, user_loss = rebuild_user_parts(json.loads(record.read_text()), str(run_dir))
+        except ValueError as e:
+            raise UserError(f"{record} cannot be read ({e})") from None
     source = build_source(config)
     dtype = getattr(torch, config.train.dtype)
-    model = build_model_for(config, source.info)
+    model = build_model_for(config, source.info, UserParts(model=model_factory))
     # e.g. an ensemble saves K members: rebuild the container the state dict came from
     model = ALGORITHMS.build(config.algorithm.spec()).saved_model(model, config.workers)
     model = model.to(dtype=dtype)
@@ -45,7 +54,8 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
     except Exception as e:
         raise UserError(f"{model_path} cannot be loaded into the run's model: {squash(e)}") from None
     from distml.models import build_loss
-    loss_fn = build_loss(config.model.loss, config.model.name, source.info)
+    loss_fn = user_loss or build_loss(config.model.loss, None if model_factory else config.model.name,
+                                      source.info)
     result = evaluate(model, source.test(), loss_fn, config.data.test_batch_size,
                       classification=source.info.task == "classification", dtype=dtype)
     return {"run_dir": str(run_dir), **result}

@@ -36,6 +36,24 @@ from distml.runtime.worker import EXIT_USER, Rendezvous, WorkerJob, run_worker_p
 LOOPBACK = "127.0.0.1"
 _ERROR_KEY = "distml/error/{rank}"
 _EXIT_KEY = "distml/exit/{rank}"      # set by the launcher: how a rank ended (not a peer echo)
+# a worker that stopped because the user's script, re-imported by it, called distml.run again
+EXIT_MAIN_REIMPORTED = 3
+UNGUARDED_MAIN = ("each worker process re-ran the script's top-level code, which starts distml "
+                  "again; put the distml.run(...) call under `if __name__ == \"__main__\":` "
+                  "(worker processes import the script that starts them)")
+
+
+def refuse_in_worker_import() -> None:
+    """Stop a worker that is importing the user's script and reached a second distml.run.
+
+    Workers are spawned (a fresh interpreter that imports the main script as
+    ``__mp_main__``); a script without the ``__main__`` guard would start workers from
+    every worker. CPython marks that import phase with ``_inheriting`` (what its own
+    "bootstrapping phase" check reads). The worker exits quietly with
+    :data:`EXIT_MAIN_REIMPORTED`; the launcher turns that into one line naming the fix.
+    """
+    if getattr(mp.current_process(), "_inheriting", False):
+        raise SystemExit(EXIT_MAIN_REIMPORTED)
 
 
 @dataclass
@@ -210,6 +228,8 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
                 reported = _read_error(store, r)
                 code = p.exitcode
                 line = reported[1] if reported else _describe_exit(code)
+                if code == EXIT_MAIN_REIMPORTED and reported is None:
+                    code, line = EXIT_USER, UNGUARDED_MAIN
                 exits[r] = WorkerExit(r, code, line, now)
                 if code != 0 and not _is_peer_echo(line):
                     try:        # lets the survivors name the dead rank in their own errors

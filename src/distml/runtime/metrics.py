@@ -209,8 +209,10 @@ def summarize(per_rank: list[dict[str, Any]], final_eval: dict[str, Any], *, alg
         "time_to_target": time_to_target,
         "algorithm": algorithm,
         "workers": workers,
-        "steps_per_second": (per_rank[0]["steps_this_run"] / wall_seconds
-                             if wall_seconds > 0 and per_rank[0].get("steps_this_run") else None),
+        # this run's steps over this run's wall time (a resumed run's wall_seconds adds the earlier runs')
+        "steps_per_second": (per_rank[0]["steps_this_run"] / this_run
+                             if (this_run := per_rank[0].get("wall_seconds_this_run", wall_seconds)) > 0
+                             and per_rank[0].get("steps_this_run") else None),
         "per_rank": per_rank,
     }
     if extra:

@@ -32,7 +32,8 @@ checks them on rate-limited hosts (docs/benchmarks.md, docs/choosing.md):
   α_sw = (comm seconds per step in the profile) / (message hops per step at the
   profile's N), where a ring all-reduce call is 2(N−1) hops. The bytes the profile moved
   in that time are folded into α_sw, so it is an upper bound. It describes the machine
-  that ran the profile: give ``--sw-latency`` to project to other hosts.
+  that ran the profile: ``distml simulate`` leaves it out unless given
+  ``--software-latency calibrated`` (the default, 0, projects to other hosts).
 - **gloo's 2-worker all-gather** takes 1.5·M/B instead of M/B (:func:`gloo_allgather`:
   its receive announcements queue in-band behind the peer's data on the one TCP
   connection two workers share).

@@ -23,6 +23,7 @@ from distml.config import RunConfig, parse_config
 from distml.errors import CheckpointError, PeerError, UserError
 from distml.runtime.build import UserParts, build_parts, restore_registrations
 from distml.runtime.checkpoint import Checkpoints, agree_on_resume, save_torch_atomic
+from distml.runtime.devices import resolve_device
 from distml.runtime.faults import arm_crash
 from distml.runtime.loop import TrainLoop
 from distml.runtime.metrics import summarize, write_json_atomic
@@ -74,21 +75,9 @@ def choose_device(config: RunConfig, local_rank: int, local_world: int = 1) -> t
     NCCL refuses two ranks of one communicator on one GPU ("invalid usage"), so more
     local ranks than GPUs on the NCCL backend is a config error, said before joining.
     """
-    want = config.train.device
-    cuda = torch.cuda.is_available() and want != "cpu"
-    if want == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    device = torch.device("cuda", local_rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
-    backend = config.comm.backend
-    if backend == "auto":
-        backend = "nccl" if cuda else "gloo"
-    if backend == "nccl" and not cuda:
-        raise UserError("comm.backend = 'nccl' needs CUDA devices; use 'gloo' on CPU")
-    if backend == "nccl" and local_world > torch.cuda.device_count():
-        raise UserError(f"comm.backend = 'nccl' takes one GPU per rank, but this host runs "
-                        f"{local_world} ranks and sees {torch.cuda.device_count()} GPU(s); use "
-                        f"at most that many workers per host, or comm.backend = 'gloo' (it "
-                        f"shares a GPU between ranks)")
+    kind, backend = resolve_device(config.train.device, config.comm.backend, local_world)
+    device = torch.device("cuda", local_rank % torch.cuda.device_count()) if kind == "cuda" \
+        else torch.device("cpu")
     return device, backend
 
 
@@ -145,6 +134,7 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
         else:
             result = loop.run(resume=resume, stop_after=job.stop_after)
         totals = {"rank": rank, "steps": result.steps, "steps_this_run": result.steps_this_run,
+                  "wall_seconds_this_run": result.wall_seconds - loop.wall_before,   # after --resume
                   "train_loss": result.train_loss,
                   "compute_seconds": result.clock.compute, "comm_seconds": result.clock.comm,
                   "wait_seconds": result.clock.wait,
@@ -168,6 +158,7 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
                                        **parts.algorithm.summary_extra(all_ranks)})
             save_torch_atomic(out_dir / "model.pt", parts.algorithm.eval_model().state_dict())
             write_json_atomic(out_dir / "summary.json", summary)
+            (out_dir / "stopped.json").unlink(missing_ok=True)     # an earlier --stop-after's marker
         elif rank == 0:
             write_json_atomic(out_dir / "stopped.json", {"step": result.steps, "completed": False})
         log.info("finished at step %d", result.steps)
