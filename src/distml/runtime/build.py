@@ -8,6 +8,7 @@ so a config that passes the dry run builds in every worker.
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,19 @@ class UserParts:
     model: Any = None
     source: Any = None
     loss: Any = None
+
+    def __reduce__(self):
+        # Workers receive their job through multiprocessing, whose pickler (once torch is
+        # imported) moves tensors into shared memory instead of copying them: every rank
+        # would then train one set of parameters in place, W optimizer steps per step.
+        # The model and the loss travel as plain pickle bytes, so each worker owns a copy;
+        # the data source stays shared (workers only read it).
+        return (_user_parts_from_bytes, (pickle.dumps((self.model, self.loss)), self.source))
+
+
+def _user_parts_from_bytes(model_and_loss: bytes, source) -> UserParts:
+    model, loss = pickle.loads(model_and_loss)
+    return UserParts(model=model, source=source, loss=loss)
 
 
 @dataclass
