@@ -7,6 +7,7 @@ Data-parallel algorithms implement hooks that the loop calls explicitly around i
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -27,6 +28,12 @@ class Algorithm:
     mid_run_checkpoints = True
     #: rank 0 evaluates while the others wait at a barrier (collective algorithms).
     synchronous_eval = True
+    #: what the worker loop's step may add around the hooks ([train] precision,
+    #: accumulate_steps, clip_grad_norm); ``owns_loop`` algorithms run their own step,
+    #: which adds none of them (distml refuses them before any process starts)
+    supports_precision: tuple[str, ...] = ("fp32", "bf16", "fp16")
+    supports_accumulation = True
+    supports_clipping = True
 
     def launch_size(self, workers: int) -> int:
         """How many processes the launcher starts for ``workers`` workers (servers are extra)."""
@@ -50,6 +57,11 @@ class Algorithm:
     def global_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """The loss that line-searching optimizers (L-BFGS) must see identically on every rank."""
         return loss
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        """Around every backward pass but an optimizer step's last (``accumulate_steps``):
+        gradients accumulate locally and nothing is communicated (DDP's ``no_sync``)."""
+        return contextlib.nullcontext()
 
     def after_backward(self, step: int) -> None:
         """Gradient-level hook: gradients are in ``p.grad``; e.g. all-reduce them."""

@@ -137,8 +137,12 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
     loader = None if rank >= world else make_loader(
         source, partition, rank, world, config.data.batch_size, config.seed,
         samples_per_epoch=config.data.samples_per_epoch)
-    steps_per_epoch = 1 if (full_batch or loader is None) else loader.steps_per_epoch
-    total_steps = max(1, math.ceil(config.train.epochs * steps_per_epoch))
+    _check_step_features(config, algorithm, optim_name, full_batch or closure)
+    # a step is one optimizer step, of accumulate_steps batches
+    batches_per_epoch = 1 if (full_batch or loader is None) else loader.steps_per_epoch
+    accumulate = config.train.accumulate_steps
+    steps_per_epoch = max(1, batches_per_epoch // accumulate)
+    total_steps = max(1, math.ceil(config.train.epochs * batches_per_epoch / accumulate))
     if config.train.max_steps is not None:
         total_steps = min(total_steps, config.train.max_steps)
 
@@ -165,6 +169,36 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
                  optimizer=optimizer, schedule=schedule, algorithm=algorithm,
                  steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                  full_batch=full_batch, needs_closure=closure)
+
+
+def _check_step_features(config: RunConfig, algorithm, optim_name: str, whole_step: bool) -> None:
+    """Refuse [train] precision / accumulate_steps / clip_grad_norm where the step that
+    runs cannot honour them (the algorithm's own loop, a closure or full-batch optimizer,
+    fp16 without CUDA)."""
+    train = config.train
+    asked = [f"{key} = {value!r}" for key, value, default in
+             (("precision", train.precision, "fp32"), ("accumulate_steps", train.accumulate_steps, 1),
+              ("clip_grad_norm", train.clip_grad_norm, None)) if value != default]
+    if not asked:
+        return
+    name = config.algorithm.name
+    if algorithm.owns_loop:
+        raise ConfigError(f"algorithm '{name}' runs its own step, which takes no train.{', train.'.join(asked)}; "
+                          "remove it or choose a data-parallel algorithm (sync_sgd, local_sgd, ...)")
+    if whole_step:
+        raise ConfigError(f"optimizer '{optim_name}' evaluates the loss itself (closure or full "
+                          f"batch) and takes no train.{', train.'.join(asked)}; remove it")
+    refused = [what for what, ok in
+               ((f"precision = {train.precision!r}", train.precision in algorithm.supports_precision),
+                ("accumulate_steps", train.accumulate_steps == 1 or algorithm.supports_accumulation),
+                ("clip_grad_norm", train.clip_grad_norm is None or algorithm.supports_clipping))
+               if not ok]
+    if refused:
+        raise ConfigError(f"algorithm '{name}' does not support train.{', train.'.join(refused)}")
+    cuda = train.device != "cpu" and torch.cuda.is_available()
+    if train.precision == "fp16" and not cuda:
+        raise ConfigError("train.precision = 'fp16' needs CUDA (float16 autocast with a gradient "
+                          "scaler); on CPU use precision = 'bf16'")
 
 
 def _check_composition(config: RunConfig, rank: int = 0):

@@ -8,6 +8,7 @@ and writes checkpoints that resume bit-for-bit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -79,6 +80,9 @@ class TrainLoop:
         # injected stragglers / delays (runtime/faults.py); None without a [faults] section
         self.faults = make_faults(config.faults, self.rank, config.seed, transport.stats)
         self.algorithm_metrics: dict[str, Any] = {}   # the last Algorithm.at_eval() figures
+        # fp16 autocast: the loss is scaled so small gradients survive float16
+        self.scaler = torch.amp.GradScaler(torch.device(device).type) \
+            if config.train.precision == "fp16" else None
 
     # ---- checkpoints ------------------------------------------------------------------
     def _state(self, next_step: int, wall: float, loss_window: list[float]) -> dict[str, Any]:
@@ -87,7 +91,8 @@ class TrainLoop:
                 "optimizer": p.optimizer.state_dict(), "schedule": p.schedule.state_dict(),
                 "algorithm": p.algorithm.state_dict(), "rng": torch.get_rng_state(),
                 "clock": self.clock.state_dict(), "stats": self.transport.stats.snapshot(),
-                "wall": wall, "time_to_target": self.time_to_target, "loss_window": loss_window}
+                "wall": wall, "time_to_target": self.time_to_target, "loss_window": loss_window,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
 
     def save_checkpoint(self, next_step: int, wall: float, loss_window: list[float]) -> None:
         self.check_finite_model(next_step)
@@ -126,6 +131,8 @@ class TrainLoop:
         p.schedule.load_state_dict(state["schedule"])
         p.algorithm.load_state_dict(state["algorithm"])
         torch.set_rng_state(state["rng"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.clock.load_state_dict(state["clock"])
         self.transport.stats.load_snapshot(state["stats"])
         self.start_step = int(state["step"])
@@ -164,29 +171,70 @@ class TrainLoop:
         return result
 
     # ---- the loop -----------------------------------------------------------------------
-    def _one_step(self, x, y, step: int) -> float:
+    def _one_step(self, micro: list[tuple[torch.Tensor, torch.Tensor]], step: int) -> float:
+        """One optimizer step over ``micro``, its ``accumulate_steps`` batches; the mean loss.
+
+        Each batch's forward and loss run under ``[train] precision``'s autocast; its loss,
+        divided by the number of batches, is backpropagated (scaled for fp16), inside the
+        algorithm's ``no_sync()`` for every batch but the last, so the algorithm communicates
+        once per step. ``clip_grad_norm`` then acts on the gradient the optimizer steps with:
+        after ``after_backward`` (for sync_sgd the average) and after the unscaling.
+        """
+        p = self.parts
+        model, algo, opt = p.model, p.algorithm, p.optimizer
+        if p.needs_closure:       # (one batch, fp32, no clipping: build.py refuses the rest)
+            return self._closure_step(*micro[0], step)
+        opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for i, (x, y) in enumerate(micro):
+            with algo.no_sync() if i < len(micro) - 1 else contextlib.nullcontext():
+                with self._autocast():
+                    loss = p.loss_fn(model(x), y)
+                extra = algo.loss_terms(model)
+                if extra is not None:
+                    loss = loss + extra
+                scaled = loss / len(micro) if len(micro) > 1 else loss
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            loss_sum += float(loss.detach())
+        algo.after_backward(step)
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+        if self.config.train.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.train.clip_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(opt)      # skipped when the unscaled gradient is not finite
+            self.scaler.update()
+        else:
+            opt.step()
+        p.schedule.step()
+        algo.after_step(step)
+        return loss_sum / len(micro)
+
+    def _closure_step(self, x, y, step: int) -> float:
+        """A step of an optimizer that re-evaluates the loss (L-BFGS, Newton-CG)."""
         p = self.parts
         model, algo, opt = p.model, p.algorithm, p.optimizer
 
         def closure():
             opt.zero_grad(set_to_none=True)
-            out = model(x)
-            loss = p.loss_fn(out, y)
+            loss = p.loss_fn(model(x), y)
             extra = algo.loss_terms(model)
             if extra is not None:
                 loss = loss + extra
             loss.backward()
             algo.after_backward(step)
-            return algo.global_loss(loss) if p.needs_closure else loss
+            return algo.global_loss(loss)
 
-        if p.needs_closure:
-            loss = opt.step(closure)
-        else:
-            loss = closure()
-            opt.step()
+        loss = opt.step(closure)
         p.schedule.step()
         algo.after_step(step)
         return float(loss.detach())
+
+    def _autocast(self):
+        """``[train] precision``'s autocast (a no-op context for fp32)."""
+        precision = self.config.train.precision
+        return torch.autocast(torch.device(self.device).type, enabled=precision != "fp32",
+                              dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         """Move a batch tensor to the device; floating tensors also take the run's dtype."""
@@ -195,21 +243,36 @@ class TrainLoop:
         return t.to(self.device, non_blocking=True)
 
     def _batches(self):
-        """Yield ``(step, x, y)`` from ``start_step`` on, resuming mid-epoch exactly."""
+        """Yield ``(step, x, y)`` from ``start_step`` on, resuming mid-epoch exactly.
+
+        With ``accumulate_steps = k`` a step is k batches: ``step`` here counts batches,
+        from ``k·start_step`` to ``k·total_steps`` (see :meth:`_steps`).
+        """
         p = self.parts
-        step = self.start_step
-        while step < p.total_steps:
-            epoch, offset = divmod(step, p.steps_per_epoch)
+        k = self.config.train.accumulate_steps
+        step, end = self.start_step * k, p.total_steps * k
+        while step < end:
             if p.full_batch:
                 x, y = p.loader.full_batch()
                 yield step, x, y
                 step += 1
                 continue
+            epoch, offset = divmod(step, p.loader.steps_per_epoch)
             for x, y in p.loader.batches(epoch, start=offset):
                 yield step, x, y
                 step += 1
-                if step >= p.total_steps:
+                if step >= end:
                     return
+
+    def _steps(self):
+        """Yield ``(step, micro)``: each optimizer step's ``accumulate_steps`` batches, on the device."""
+        k = self.config.train.accumulate_steps
+        micro = []
+        for batch, x, y in self._batches():
+            micro.append((self._to_device(x), self._to_device(y)))
+            if len(micro) == k:
+                yield batch // k, micro
+                micro = []
 
     def run(self, resume: bool = False, stop_after: int | None = None) -> LoopResult:
         cfg = self.config.train
@@ -236,12 +299,11 @@ class TrainLoop:
             eval_time = time.perf_counter() - t_start
 
         try:
-            for step, x, y in self._batches():  # noqa: B007
-                x, y = self._to_device(x), self._to_device(y)
+            for step, micro in self._steps():  # noqa: B007
                 self.clock.start()
                 if self.faults is not None:
                     self.faults.begin()
-                loss = self._one_step(x, y, step)
+                loss = self._one_step(micro, step)
                 if self.faults is not None:
                     self.faults.end(step)        # an injected slow step counts as compute
                 self.clock.stop()
