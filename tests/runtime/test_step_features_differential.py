@@ -6,16 +6,13 @@ of the micro-batch means), clipping that gradient with the same threshold. float
 only the algorithm is measured (see test_sync_sgd_differential.py).
 """
 
-import itertools
-
 import pytest
 import torch
 
 from procs import distml
+from references import concatenated_sgd
 from distml.config import load_config
-from distml.models import build_loss
-from distml.optim import build_optimizer
-from distml.partition import PARTITIONS, SOURCES, make_loader
+from distml.partition import SOURCES
 from distml.runtime.build import build_model_for
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(150)]
@@ -48,32 +45,6 @@ progress = false
 """
 
 
-def stream(loader):
-    """A rank's batches across epochs, as the worker loop reads them."""
-    return itertools.chain.from_iterable(loader.batches(e) for e in itertools.count())
-
-
-def reference(cfg, accumulate: int, clip: float | None):
-    """Returns the model and how many steps the clip actually shortened the gradient."""
-    torch.set_num_threads(1)
-    source = SOURCES.build(cfg.data.source, seed=cfg.seed)
-    ranks = [stream(make_loader(source, PARTITIONS.build(cfg.data.partition), r, 2,
-                                cfg.data.batch_size, cfg.seed)) for r in range(2)]
-    model = build_model_for(cfg, source.info).double()
-    loss_fn = build_loss(cfg.model.loss, cfg.model.name, source.info)
-    opt = build_optimizer(cfg.optim.spec(), model.parameters())
-    clipped = 0
-    for _ in range(STEPS):
-        batches = [b for r in ranks for b in itertools.islice(r, accumulate)]
-        opt.zero_grad()
-        x = torch.cat([x for x, _ in batches]).double()
-        loss_fn(model(x), torch.cat([y for _, y in batches])).backward()
-        if clip is not None:
-            clipped += torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item() > clip
-        opt.step()
-    return model, clipped
-
-
 @pytest.mark.parametrize("accumulate,clip", [(4, None), (1, 0.5)])
 def test_two_workers_equal_single_process(tmp_path, accumulate, clip):
     path = tmp_path / "c.toml"
@@ -83,7 +54,7 @@ def test_two_workers_equal_single_process(tmp_path, accumulate, clip):
     assert res.returncode == 0, res.stderr[-3000:]
     got = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     cfg = load_config(path)
-    model, clipped = reference(cfg, accumulate, clip)
+    model, clipped = concatenated_sgd(cfg, STEPS, accumulate=accumulate, clip=clip)
     ref = model.state_dict()
     worst = max((got[k] - ref[k]).abs().max().item() for k in ref)
     assert worst <= 1e-5, f"max abs parameter difference {worst}"

@@ -7,7 +7,7 @@ averaged parameters for local_sgd). float64, so only the algorithm is measured. 
 caught user modules being shared across worker processes (W optimizer steps per step).
 """
 
-import copy
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from procs import run
+from references import rank_streams
 from distml.config import load_config
-from distml.partition import PARTITIONS, make_loader
 from distml.partition.user_data import DatasetSource
 
 HERE = Path(__file__).parent
@@ -32,12 +32,8 @@ WORKERS = (1, 2, 3)
 def rank_batches(workers: int):
     """Per step, every rank's (x, y) exactly as its loader yields them."""
     cfg = load_config(base=script.config({"name": "sync_sgd"}, workers))
-    source = DatasetSource(*script.datasets())
-    loaders = [make_loader(source, PARTITIONS.build(cfg.data.partition), r, workers,
-                           cfg.data.batch_size, cfg.seed) for r in range(workers)]
-    batches = list(zip(*(loader.batches(0) for loader in loaders)))
-    assert len(batches) >= script.STEPS
-    return [[(x.double(), y) for x, y in step] for step in batches[:script.STEPS]]
+    streams = rank_streams(cfg, DatasetSource(*script.datasets()), workers)
+    return [[(x.double(), y) for x, y in step] for step in itertools.islice(zip(*streams), script.STEPS)]
 
 
 def sgd(model):

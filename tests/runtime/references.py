@@ -1,0 +1,42 @@
+"""Single-process references for the data-parallel differential tests (float64)."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from distml.models import build_loss
+from distml.optim import build_optimizer
+from distml.partition import PARTITIONS, SOURCES, make_loader
+from distml.runtime.build import build_model_for
+
+
+def rank_streams(cfg, source, workers: int):
+    """Every rank's batches, across epochs, exactly as its worker loop reads them."""
+    loaders = [make_loader(source, PARTITIONS.build(cfg.data.partition), r, workers,
+                           cfg.data.batch_size, cfg.seed) for r in range(workers)]
+    return [itertools.chain.from_iterable(ld.batches(e) for e in itertools.count()) for ld in loaders]
+
+
+def concatenated_sgd(cfg, steps: int, workers: int = 2, accumulate: int = 1,
+                     clip: float | None = None):
+    """One process stepping on the concatenation of every rank's ``accumulate`` batches of
+    each step (equal batch sizes: the mean of the means), clipped like the run; returns the
+    model and how many steps the clip shortened the gradient."""
+    torch.set_num_threads(1)
+    source = SOURCES.build(cfg.data.source, seed=cfg.seed)
+    ranks = rank_streams(cfg, source, workers)
+    model = build_model_for(cfg, source.info).double()
+    loss_fn = build_loss(cfg.model.loss, cfg.model.name, source.info)
+    opt = build_optimizer(cfg.optim.spec(), model.parameters())
+    clipped = 0
+    for _ in range(steps):
+        batches = [b for r in ranks for b in itertools.islice(r, accumulate)]
+        opt.zero_grad()
+        x = torch.cat([x for x, _ in batches]).double()
+        loss_fn(model(x), torch.cat([y for _, y in batches])).backward()
+        if clip is not None:
+            clipped += torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item() > clip
+        opt.step()
+    return model, clipped
