@@ -14,9 +14,12 @@ from distml.runtime.build import build_model_for
 
 def rank_streams(cfg, source, workers: int):
     """Every rank's batches, across epochs, exactly as its worker loop reads them."""
-    loaders = [make_loader(source, PARTITIONS.build(cfg.data.partition), r, workers,
-                           cfg.data.batch_size, cfg.seed) for r in range(workers)]
-    return [itertools.chain.from_iterable(ld.batches(e) for e in itertools.count()) for ld in loaders]
+    return [_epochs(make_loader(source, PARTITIONS.build(cfg.data.partition), r, workers,
+                                cfg.data.batch_size, cfg.seed)) for r in range(workers)]
+
+
+def _epochs(loader):
+    return itertools.chain.from_iterable(loader.batches(e) for e in itertools.count())
 
 
 def concatenated_sgd(cfg, steps: int, workers: int = 2, accumulate: int = 1,
