@@ -91,7 +91,7 @@ def test_resume_with_accumulation_equals_uninterrupted(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('name = "acc"\nseed = 2\n[data]\nsource = { name = "sklearn", dataset = "digits" }\n'
                    'batch_size = 64\n[model]\nname = "mlp"\nhidden = [16]\n[optim]\nname = "sgd"\n'
-                   'lr = 0.05\nmomentum = 0.9\n[train]\nmax_steps = 8\naccumulate_steps = 3\n'
+                   'lr = 0.05\nmomentum = 0.9\n[train]\nepochs = 3\nmax_steps = 8\naccumulate_steps = 3\n'
                    'clip_grad_norm = 0.5\ncheckpoint_every = 4\nlog_every = 1\nprogress = false\n')
     full, part = tmp_path / "full", tmp_path / "part"
     assert distml("run", str(cfg), "--out", str(full), timeout=90).returncode == 0
