@@ -71,7 +71,9 @@ class DistributedOptimizer:
         return self.optimizer.param_groups
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Start a step (also after one that ``GradScaler`` skipped without calling ``step()``)."""
         self.optimizer.zero_grad(set_to_none=set_to_none)
+        self._synchronized = False
 
     def synchronize(self) -> None:
         """Run the algorithm's ``after_backward`` now: for sync_sgd, ``p.grad`` becomes the
@@ -79,7 +81,8 @@ class DistributedOptimizer:
         the gradients (``clip_grad_norm_``, ``GradScaler.unscale_``); ``step()`` then does
         not reduce again. Every rank must call it (it communicates)."""
         if self._synchronized:
-            raise UserError("synchronize() was already called for this step; call step() next")
+            raise UserError("synchronize() was already called for this step; call step() next "
+                            "(or opt.zero_grad() to start a new step)")
         self.algorithm.after_backward(self._step)
         self._synchronized = True
 
@@ -93,9 +96,10 @@ class DistributedOptimizer:
         then ``after_step``.
 
         With a ``GradScaler``, ``scaler.step(dopt)`` calls this only when the (averaged)
-        gradients are finite, the same decision on every rank after :meth:`synchronize`;
-        call :meth:`synchronize` before ``scaler.unscale_``/``scaler.step``, else each rank
-        checks its own local gradients and the ranks may disagree.
+        gradients are finite, the same decision on every rank after :meth:`synchronize`
+        (a skipped step runs no ``after_step`` on any rank; ``zero_grad()`` starts the
+        next); call :meth:`synchronize` before ``scaler.unscale_``/``scaler.step``, else
+        each rank checks its own local gradients and the ranks may disagree.
         """
         if closure is not None:
             raise UserError("DistributedOptimizer.step() takes no closure; call backward first")
@@ -104,11 +108,6 @@ class DistributedOptimizer:
         out = self.optimizer.step()
         self._end_step()
         return out
-
-    def skip_step(self) -> None:
-        """End a step without updating (e.g. ``GradScaler`` found inf): the algorithm's
-        step counter and ``after_step`` stay in line across ranks."""
-        self._end_step()
 
     def _end_step(self) -> None:
         self.algorithm.after_step(self._step)
