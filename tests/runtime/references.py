@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import torch
+
+from procs import distml
 
 from distml.models import build_loss
 from distml.optim import build_optimizer
@@ -43,3 +46,17 @@ def concatenated_sgd(cfg, steps: int, workers: int = 2, accumulate: int = 1,
             clipped += torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item() > clip
         opt.step()
     return model, clipped
+
+
+def launched_state(script: str, tmp_path: Path, timeout: float = 100) -> dict:
+    """Run ``tests/runtime/<script> OUT`` under ``distml launch -n 2``; the state dict rank 0 saved."""
+    saved = tmp_path / "model.pt"
+    res = distml("launch", "-n", "2", str(Path(__file__).parent / script), str(saved), timeout=timeout)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return torch.load(saved, weights_only=True)
+
+
+def max_difference(got: dict, reference: dict) -> float:
+    """The largest absolute difference between two state dicts' entries."""
+    assert got.keys() == reference.keys()
+    return max((got[k] - v).abs().max().item() for k, v in reference.items())

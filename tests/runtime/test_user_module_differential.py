@@ -17,13 +17,12 @@ import torch
 from torch import nn
 
 from procs import run
+import user_script_bn as script
 from references import rank_streams
 from distml.config import load_config
 from distml.partition.user_data import DatasetSource
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-import user_script_bn as script  # noqa: E402
 
 pytestmark = [pytest.mark.multiprocess]
 WORKERS = (1, 2, 3)
