@@ -122,9 +122,10 @@ def run(config=None, *, overrides: list[str] | None = None, workers: int | None 
         stop_after: stop after this many steps with a checkpoint (resume later).
         max_restarts: after a worker fails, stop the group and start it again from the
             latest committed checkpoint, up to this many times (``summary["restarts"]``).
-        model: an ``nn.Module`` or ``(input_shape, num_classes) -> nn.Module``; a class or
-            function importable from a module (not the script) is recorded in the run
-            folder so ``distml evaluate`` can rebuild it.
+        model: an ``nn.Module`` (each worker trains its own copy; read the result from
+            ``model.pt`` in the run folder) or ``(input_shape, num_classes) -> nn.Module``;
+            a class or function importable from a module (not the script) is recorded in
+            the run folder so ``distml evaluate`` can rebuild it.
         train_data, test_data: ``torch.utils.data.Dataset`` of ``(x, y)`` pairs.
         loss: ``(output, target) -> loss``; default from the task.
         task: "classification" or "regression" for user data (inferred if omitted).

@@ -117,6 +117,11 @@ class TrainConfig(_Section):
     threads_per_worker: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"   # float64: exact comparisons, convex solvers
+    # autocast of forward + loss; master weights, gradients and codecs stay float32.
+    # fp16 also scales the loss (torch.amp.GradScaler) and needs CUDA
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    clip_grad_norm: float | None = Field(None, gt=0)   # on the gradient the optimizer steps with
+    accumulate_steps: int = Field(1, ge=1)    # micro-batches per optimizer step (a step = k batches)
     progress: bool = True
     # TensorBoard event files in runs/<name>/tensorboard/; None: when the package is installed
     tensorboard: bool | None = None
@@ -128,6 +133,13 @@ class TrainConfig(_Section):
             raise ValueError("train.tensorboard = true needs the tensorboard package "
                              "(pip install tensorboard), or set it to false")
         return v
+
+    @model_validator(mode="after")
+    def _precision_is_below_float32(self) -> TrainConfig:
+        if self.precision != "fp32" and self.dtype == "float64":
+            raise ValueError(f"precision = {self.precision!r} autocasts float32 weights; with "
+                             "dtype = 'float64' leave precision = 'fp32'")
+        return self
 
 
 class StragglerConfig(_Section):

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from procs import distml
+from references import concatenated_sgd
 from distml.config import load_config
-from distml.partition import PARTITIONS, SOURCES, make_loader
+from distml.partition import SOURCES
 from distml.runtime.build import build_model_for
-from distml.models import build_loss
-from distml.optim import build_optimizer
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(240)]
 
@@ -45,24 +44,6 @@ progress = false
 """
 
 
-def reference_model(cfg):
-    """Single process, batch = rank 0's batch followed by rank 1's, same init, same optimizer."""
-    torch.set_num_threads(1)
-    source = SOURCES.build(cfg.data.source, seed=cfg.seed)
-    loaders = [make_loader(source, PARTITIONS.build(cfg.data.partition), r, 2,
-                           cfg.data.batch_size, cfg.seed) for r in range(2)]
-    model = build_model_for(cfg, source.info).double()
-    loss_fn = build_loss(cfg.model.loss, cfg.model.name, source.info)
-    opt = build_optimizer(cfg.optim.spec(), model.parameters())
-    for step, ((x0, y0), (x1, y1)) in enumerate(zip(loaders[0].batches(0), loaders[1].batches(0))):
-        if step == STEPS:
-            break
-        opt.zero_grad()
-        loss_fn(model(torch.cat([x0, x1]).double()), torch.cat([y0, y1])).backward()
-        opt.step()
-    return model
-
-
 @pytest.mark.parametrize("model,bucket_mb", [("mlp", 0.5), ("cnn", 25)])
 def test_two_workers_equal_single_process(tmp_path, model, bucket_mb):
     from conftest import fmnist_or_skip
@@ -72,7 +53,7 @@ def test_two_workers_equal_single_process(tmp_path, model, bucket_mb):
     res = distml("run", str(path), "--out", str(tmp_path / "run"), timeout=200)
     assert res.returncode == 0, res.stderr[-3000:]
     got = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
-    ref = reference_model(load_config(path)).state_dict()
+    ref = concatenated_sgd(load_config(path), STEPS)[0].state_dict()
     assert got.keys() == ref.keys()
     worst = max((got[k] - ref[k]).abs().max().item() for k in ref)
     assert worst <= 1e-5, f"max abs parameter difference {worst}"

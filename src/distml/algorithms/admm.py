@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from distml.aggregate.admm import admm_residuals, balance_rho, dual_update, penalty_mask, z_update
-from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.base import Algorithm, LOOP_STEP, Supports
 from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import broadcast_module, flatten, unflatten_into
 from distml.comm.buffers import average_buffers, copy_buffers
@@ -127,7 +127,7 @@ class ConsensusADMM(Algorithm):
     """
 
     buffers = "average"    # the consensus model carries the workers' mean buffers
-    supports = Supports(wrap=False, precisions=("fp32", "bf16", "fp16"))   # wrap: loss_terms, eval_model
+    supports = Supports(wrap=False, **LOOP_STEP)   # wrap: loss_terms, eval_model
 
     def __init__(self, rho: float = 1.0, l2: float = 0.0, penalize_bias: bool = False,
                  local_steps: int = 1, adaptive_rho: bool = True, mu: float = 10.0,

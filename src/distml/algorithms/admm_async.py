@@ -149,7 +149,7 @@ class AsyncADMM(ParameterServer):
     """
 
     buffers = "average"     # rank 0's at intermediate evaluations, the workers' mean at the end
-    supports = Supports(wrap=False, precisions=("fp32", "bf16", "fp16"))   # wrap: own loop
+    supports = Supports(wrap=False)   # wrap: own loop
 
     def __init__(self, rho: float = 1.0, l2: float = 0.0, penalize_bias: bool = False,
                  local_steps: int = 1, quorum: int | None = None, max_delay: int = 2,

@@ -31,6 +31,7 @@ touches nothing else of the loop):
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -56,14 +57,24 @@ class Supports:
         wrap: ``distml.wrap`` can run it: every hook it needs is one that
             ``DistributedOptimizer`` calls (no ``loss_terms``, ``eval_model``,
             ``on_train_end``, ``at_eval`` it depends on, no loop of its own).
-        precisions: the ``train.precision`` values it trains correctly with.
+        precisions: the ``train.precision`` values it trains correctly with (the worker
+            loop's autocast: an algorithm that runs its own step takes fp32 only).
+        accumulation: ``train.accumulate_steps > 1`` (its communication can wait for the
+            last micro-batch, ``no_sync``).
+        clipping: ``train.clip_grad_norm`` (the loop clips after ``after_backward``).
         models: the model kinds it takes: ``"any"`` (any ``nn.Module``), ``"sequential"``
             (a layer sequence holding every parameter), ``"linear"`` (one linear layer).
     """
 
     wrap: bool = False
     precisions: tuple[str, ...] = ("fp32",)
+    accumulation: bool = False
+    clipping: bool = False
     models: str = "any"
+
+
+#: what the worker loop's own step honours: the data-parallel algorithms declare this
+LOOP_STEP = dict(precisions=("fp32", "bf16", "fp16"), accumulation=True, clipping=True)
 
 
 class Algorithm:
@@ -121,6 +132,11 @@ class Algorithm:
     def global_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """The loss that line-searching optimizers (L-BFGS) must see identically on every rank."""
         return loss
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        """Around every backward pass but an optimizer step's last (``accumulate_steps``):
+        gradients accumulate locally and nothing is communicated (DDP's ``no_sync``)."""
+        return contextlib.nullcontext()
 
     def after_backward(self, step: int) -> None:
         """Gradient-level hook: gradients are in ``p.grad``; e.g. all-reduce them."""

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from distml.aggregate.ensemble import MODES, Ensemble
-from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.base import Algorithm, LOOP_STEP, Supports
 from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import flatten, unflatten_into
 
@@ -58,7 +58,7 @@ class EnsembleAlgorithm(Algorithm):
     """
 
     buffers = "members"     # every member keeps its own (gathered with its parameters)
-    supports = Supports(wrap=False, precisions=("fp32", "bf16", "fp16"))   # wrap: eval_model
+    supports = Supports(wrap=False, **LOOP_STEP)   # wrap: eval_model
 
     def __init__(self, mode: str = "average"):
         if mode not in MODES:

@@ -58,7 +58,7 @@ class EnsembleCompression(Algorithm):
 
     # the saved model is rank 0's distilled model (never averaged), with its own statistics
     buffers = "rank0"
-    supports = Supports(wrap=False, precisions=("fp32", "bf16"))   # distillation runs in fp32
+    supports = Supports(wrap=False)   # its own loop: fp32, no accumulation or clipping
 
     def __init__(self, every: int = 1, relabel_fraction: float = 1.0, temperature: float = 2.0,
                  distill_epochs: int = 1, distill_schedule: str = "constant"):

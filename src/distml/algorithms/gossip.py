@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from distml.aggregate.mixing import choco_step, consensus_distance_from_sums, mix_step
-from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.base import Algorithm, LOOP_STEP, Supports
 from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import broadcast_module, flatten, unflatten_into
 from distml.comm.buffers import average_buffers
@@ -65,7 +65,7 @@ class Gossip(Algorithm):
     """
 
     buffers = "average"    # the evaluated mean of the replicas carries their mean buffers
-    supports = Supports(wrap=False, precisions=("fp32", "bf16", "fp16"))   # wrap: the evaluated model is the mean
+    supports = Supports(wrap=False, **LOOP_STEP)   # wrap: the evaluated model is the mean
 
     def __init__(self, graph: str | dict = "ring", every: int = 1, local_init_seed: int | None = None,
                  gamma: float = 0.2, codec=None):

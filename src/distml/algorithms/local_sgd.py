@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.base import Algorithm, LOOP_STEP, Supports
 from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import broadcast_module, flatten, unflatten_into
 from distml.comm.buffers import average_buffers
@@ -48,7 +48,7 @@ class LocalSGD(Algorithm):
     """
 
     buffers = "average"
-    supports = Supports(wrap=False, precisions=("fp32", "bf16", "fp16"))   # wrap: on_train_end
+    supports = Supports(wrap=True, **LOOP_STEP)   # wrap: finish() runs on_train_end
 
     def __init__(self, period: int = 8, warmup_steps: int = 0, bmuf: bool = False,
                  block_momentum: float = 0.9, block_lr: float = 1.0, nesterov: bool = True,

@@ -275,7 +275,7 @@ class ParameterServer(Algorithm):
     max_delay: int | None = None
 
     buffers = "rank0"       # pulls carry parameters; rank 0 evaluates with its own buffers
-    supports = Supports(wrap=False, precisions=("fp32", "bf16", "fp16"))   # wrap: own loop
+    supports = Supports(wrap=False)   # wrap: own loop
 
     def __init__(self, servers: int = 1, pace: str | dict = "bsp", push: str = "gradients",
                  push_every: int = 1, pull_every: int = 1, quorum: int | None = None,

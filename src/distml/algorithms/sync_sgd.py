@@ -17,12 +17,13 @@ overlapping a smaller first bucket with backward saves.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 from torch import nn
 
-from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.base import Algorithm, LOOP_STEP, Supports
 from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import Bucket, broadcast_module, make_buckets
 from distml.comm.compress import init_state, reduce_mean, with_momentum_correction
@@ -60,7 +61,7 @@ class SyncSGD(Algorithm):
     """
 
     buffers = "rank0"       # gradients are averaged, buffers stay local (DDP); broadcast at setup
-    supports = Supports(wrap=True, precisions=("fp32", "bf16", "fp16"))
+    supports = Supports(wrap=True, **LOOP_STEP)
 
     def __init__(self, bucket_mb: float = 25.0, overlap: bool = True, sync_batchnorm: bool = False,
                  momentum_correction: bool = False, momentum_masking: bool = False, codec=None):
@@ -82,6 +83,8 @@ class SyncSGD(Algorithm):
         self._handles: list[Any] = []
         self._hooks: list[Any] = []
         self.buckets: list[Bucket] = []
+        self._next_launch = 0            # buckets launch in this fixed order on every rank
+        self._accumulating = False       # inside no_sync(): hooks leave gradients local
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Called before the optimizer is built: layer conversions that replace modules."""
@@ -143,29 +146,55 @@ class SyncSGD(Algorithm):
 
     def _reset(self) -> None:
         self._handles.clear()
+        self._next_launch = 0
         for b in self.buckets:
             b.pending = len(b.params)
             b.ready = [False] * len(b.params)
             b.launched = False
 
-    def _launch(self, bucket: Bucket) -> None:
-        bucket.launched = True
-        self._handles.append((bucket, self.transport.all_reduce(bucket.buffer, op="sum",
-                                                                async_op=True)))
+    def _launch_ready(self) -> None:
+        """Launch, in bucket order, every bucket whose gradients are all in.
+
+        The order is the same on every rank even when ranks leave different parameters
+        without a gradient (a skipped branch) or produce them in different orders: a
+        bucket waits for the ones before it, so the k-th all-reduce of every rank is the
+        same bucket (launched as backward completes it, they could pair different
+        buckets: a wrong sum or a hang). Buckets hold parameters in reverse order, the
+        order backward produces them, so a normal backward loses no overlap.
+        """
+        while self._next_launch < len(self.buckets):
+            bucket = self.buckets[self._next_launch]
+            if bucket.pending:
+                return
+            bucket.launched = True
+            self._handles.append((bucket, self.transport.all_reduce(bucket.buffer, op="sum",
+                                                                    async_op=True)))
+            self._next_launch += 1
 
     def _grad_ready(self, p: torch.Tensor) -> None:
+        if self._accumulating:
+            return              # no_sync(): the gradient accumulates in p.grad
         bucket, i = self._slot[p]
         if bucket.launched or bucket.ready[i]:
             raise RuntimeError(
-                "sync_sgd averages gradients once per backward pass: a second backward "
+                "sync_sgd averages gradients once per optimizer step: a second backward "
                 "produced a gradient before after_backward (the optimizer step) ran. "
-                "Accumulating gradients over several backward passes is not supported; "
-                "use a larger batch instead")
+                "Run every backward but the last inside the algorithm's no_sync() "
+                "([train] accumulate_steps does this; with distml.wrap: `with opt.no_sync():`)")
         bucket.load_grad(i, self._divisor)   # copy now, while the gradient is in cache
         bucket.ready[i] = True
         bucket.pending -= 1
         if bucket.pending == 0:
-            self._launch(bucket)
+            self._launch_ready()
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Backward passes inside accumulate local gradients; the next one outside reduces."""
+        self._accumulating = True
+        try:
+            yield
+        finally:
+            self._accumulating = False
 
     def global_loss(self, loss: torch.Tensor) -> torch.Tensor:
         avg = loss.detach().clone()
@@ -185,12 +214,15 @@ class SyncSGD(Algorithm):
             self._reduce_with_codec()
             return
         try:
-            for b in self.buckets:   # buckets whose hooks did not all fire (unused params, no overlap)
+            # gradients whose hooks did not fire (no overlap; parameters this rank left
+            # unused, which count as zero, as in DDP's find_unused_parameters)
+            for b in self.buckets:
                 if not b.launched:
                     for i in range(len(b.params)):
                         if not b.ready[i]:
                             b.load_grad(i, self._divisor)
-                    self._launch(b)
+                    b.pending = 0
+            self._launch_ready()
             for _, handle in self._handles:
                 handle.wait()
             # the averaged gradients reach the optimizer as views of the buffers: no copy

@@ -7,6 +7,7 @@ so a config that passes the dry run builds in every worker.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,19 @@ class UserParts:
     model: Any = None
     source: Any = None
     loss: Any = None
+
+    def __reduce__(self):
+        # Workers receive their job through multiprocessing, whose pickler (once torch is
+        # imported) moves tensors into shared memory instead of copying them: every rank
+        # would then train one set of parameters in place, W optimizer steps per step.
+        # The model and the loss travel as plain pickle bytes, so each worker owns a copy;
+        # the data source stays shared (workers only read it).
+        return (_user_parts_from_bytes, (pickle.dumps((self.model, self.loss)), self.source))
+
+
+def _user_parts_from_bytes(model_and_loss: bytes, source) -> UserParts:
+    model, loss = pickle.loads(model_and_loss)
+    return UserParts(model=model, source=source, loss=loss)
 
 
 @dataclass
@@ -120,8 +134,13 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
     loader = None if rank >= world else make_loader(
         source, partition, rank, world, config.data.batch_size, config.seed,
         samples_per_epoch=config.data.samples_per_epoch)
-    steps_per_epoch = 1 if (full_batch or loader is None) else loader.steps_per_epoch
-    total_steps = run_steps(config.train.epochs, steps_per_epoch, config.train.max_steps)
+    _check_step_features(config, algorithm, optim_name, full_batch or closure)
+    # a step is one optimizer step, of accumulate_steps batches
+    batches_per_epoch = 1 if (full_batch or loader is None) else loader.steps_per_epoch
+    accumulate = config.train.accumulate_steps
+    steps_per_epoch = max(1, batches_per_epoch // accumulate)
+    total_steps = run_steps(config.train.epochs, batches_per_epoch / accumulate,
+                            config.train.max_steps)
 
     model = build_model_for(config, info, user)
     if algorithm.sync_batchnorm and torch.device(device).type != "cuda":
@@ -149,6 +168,37 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
 def build_algorithm(config: RunConfig, rank: int = 0):
     """The run's algorithm, with its codec (combinations DESIGN.md §3.1 leaves out refused)."""
     return ALGORITHMS.build(config.algorithm.spec(), codec=_check_composition(config, rank))
+
+
+def _check_step_features(config: RunConfig, algorithm, optim_name: str, whole_step: bool) -> None:
+    """Refuse [train] precision / accumulate_steps / clip_grad_norm where the step that
+    runs cannot honour them (the algorithm's own loop, a closure or full-batch optimizer,
+    fp16 without CUDA)."""
+    train = config.train
+    asked = [f"{key} = {value!r}" for key, value, default in
+             (("precision", train.precision, "fp32"), ("accumulate_steps", train.accumulate_steps, 1),
+              ("clip_grad_norm", train.clip_grad_norm, None)) if value != default]
+    if not asked:
+        return
+    name = config.algorithm.name
+    if algorithm.owns_loop:
+        raise ConfigError(f"algorithm '{name}' runs its own step, which takes no train.{', train.'.join(asked)}; "
+                          "remove it or choose a data-parallel algorithm (sync_sgd, local_sgd, ...)")
+    if whole_step:
+        raise ConfigError(f"optimizer '{optim_name}' evaluates the loss itself (closure or full "
+                          f"batch) and takes no train.{', train.'.join(asked)}; remove it")
+    can = algorithm.supports
+    refused = [what for what, ok in
+               ((f"precision = {train.precision!r}", train.precision in can.precisions),
+                ("accumulate_steps", train.accumulate_steps == 1 or can.accumulation),
+                ("clip_grad_norm", train.clip_grad_norm is None or can.clipping))
+               if not ok]
+    if refused:
+        raise ConfigError(f"algorithm '{name}' does not support train.{', train.'.join(refused)}")
+    cuda = train.device != "cpu" and torch.cuda.is_available()
+    if train.precision == "fp16" and not cuda:
+        raise ConfigError("train.precision = 'fp16' needs CUDA (float16 autocast with a gradient "
+                          "scaler); on CPU use precision = 'bf16'")
 
 
 def _check_composition(config: RunConfig, rank: int = 0):

@@ -8,6 +8,7 @@ and writes checkpoints that resume bit-for-bit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -80,6 +81,9 @@ class TrainLoop:
         # injected stragglers / delays (runtime/faults.py); None without a [faults] section
         self.faults = make_faults(config.faults, self.rank, config.seed, transport.stats)
         self.algorithm_metrics: dict[str, Any] = {}   # the last Algorithm.at_eval() figures
+        # fp16 autocast: the loss is scaled so small gradients survive float16
+        self.scaler = torch.amp.GradScaler(torch.device(device).type) \
+            if config.train.precision == "fp16" else None
 
     # ---- checkpoints ------------------------------------------------------------------
     def _state(self, next_step: int, wall: float, loss_window: list[float]) -> dict[str, Any]:
@@ -88,7 +92,8 @@ class TrainLoop:
                 "optimizer": p.optimizer.state_dict(), "schedule": p.schedule.state_dict(),
                 "algorithm": p.algorithm.state_dict(), "rng": torch.get_rng_state(),
                 "clock": self.clock.state_dict(), "stats": self.transport.stats.snapshot(),
-                "wall": wall, "time_to_target": self.time_to_target, "loss_window": loss_window}
+                "wall": wall, "time_to_target": self.time_to_target, "loss_window": loss_window,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
 
     def save_checkpoint(self, next_step: int, wall: float, loss_window: list[float]) -> None:
         self.check_finite_model(next_step)
@@ -127,6 +132,8 @@ class TrainLoop:
         p.schedule.load_state_dict(state["schedule"])
         p.algorithm.load_state_dict(state["algorithm"])
         torch.set_rng_state(state["rng"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.clock.load_state_dict(state["clock"])
         self.transport.stats.load_snapshot(state["stats"])
         self.start_step = int(state["step"])
@@ -164,29 +171,70 @@ class TrainLoop:
         return result
 
     # ---- the loop -----------------------------------------------------------------------
-    def _one_step(self, x, y, step: int) -> float:
+    def _one_step(self, micro: list[tuple[torch.Tensor, torch.Tensor]], step: int) -> float:
+        """One optimizer step over ``micro``, its ``accumulate_steps`` batches; the mean loss.
+
+        Each batch's forward and loss run under ``[train] precision``'s autocast; its loss,
+        divided by the number of batches, is backpropagated (scaled for fp16), inside the
+        algorithm's ``no_sync()`` for every batch but the last, so the algorithm communicates
+        once per step. ``clip_grad_norm`` then acts on the gradient the optimizer steps with:
+        after ``after_backward`` (for sync_sgd the average) and after the unscaling.
+        """
+        p = self.parts
+        model, algo, opt = p.model, p.algorithm, p.optimizer
+        if p.needs_closure:       # (one batch, fp32, no clipping: build.py refuses the rest)
+            return self._closure_step(*micro[0], step)
+        opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for i, (x, y) in enumerate(micro):
+            with algo.no_sync() if i < len(micro) - 1 else contextlib.nullcontext():
+                with self._autocast():
+                    loss = p.loss_fn(model(x), y)
+                extra = algo.loss_terms(model)
+                if extra is not None:
+                    loss = loss + extra
+                scaled = loss / len(micro) if len(micro) > 1 else loss
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            loss_sum += float(loss.detach())
+        algo.after_backward(step)
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+        if self.config.train.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.train.clip_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(opt)      # skipped when the unscaled gradient is not finite
+            self.scaler.update()
+        else:
+            opt.step()
+        p.schedule.step()
+        algo.after_step(step)
+        return loss_sum / len(micro)
+
+    def _closure_step(self, x, y, step: int) -> float:
+        """A step of an optimizer that re-evaluates the loss (L-BFGS, Newton-CG)."""
         p = self.parts
         model, algo, opt = p.model, p.algorithm, p.optimizer
 
         def closure():
             opt.zero_grad(set_to_none=True)
-            out = model(x)
-            loss = p.loss_fn(out, y)
+            loss = p.loss_fn(model(x), y)
             extra = algo.loss_terms(model)
             if extra is not None:
                 loss = loss + extra
             loss.backward()
             algo.after_backward(step)
-            return algo.global_loss(loss) if p.needs_closure else loss
+            return algo.global_loss(loss)
 
-        if p.needs_closure:
-            loss = opt.step(closure)
-        else:
-            loss = closure()
-            opt.step()
+        loss = opt.step(closure)
         p.schedule.step()
         algo.after_step(step)
         return float(loss.detach())
+
+    def _autocast(self):
+        """``[train] precision``'s autocast (a no-op context for fp32)."""
+        precision = self.config.train.precision
+        return torch.autocast(torch.device(self.device).type, enabled=precision != "fp32",
+                              dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
     # ---- the loop API for algorithms that own their loop (algorithms/base.py) -------------
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
@@ -206,10 +254,25 @@ class TrainLoop:
 
     def batches(self, start: int | None = None):
         """Yield this rank's ``(step, x, y)`` from ``start`` (default: where the run resumes)
-        to the last step (:func:`distml.partition.steps.batches`)."""
+        to the last step (:func:`distml.partition.steps.batches`), one batch per step.
+        (The worker loop's own steps take ``accumulate_steps`` batches each: :meth:`_steps`.)"""
         p = self.parts
         return batches(p.loader, p.steps_per_epoch, p.total_steps,
                        self.start_step if start is None else start, full_batch=p.full_batch)
+
+    def _steps(self):
+        """Yield ``(step, micro)``: each optimizer step's ``accumulate_steps`` batches, on the device."""
+        p, k = self.parts, self.config.train.accumulate_steps
+        # with accumulate_steps = k a step is k batches: the iterator counts batches, from
+        # k·start_step to k·total_steps, over the loader's own epochs
+        per_epoch = 1 if p.full_batch else p.loader.steps_per_epoch
+        micro = []
+        for batch, x, y in batches(p.loader, per_epoch, p.total_steps * k, self.start_step * k,
+                                   full_batch=p.full_batch):
+            micro.append((self.to_device(x), self.to_device(y)))
+            if len(micro) == k:
+                yield batch // k, micro
+                micro = []
 
     def run(self, resume: bool = False, stop_after: int | None = None) -> LoopResult:
         cfg = self.config.train
@@ -234,12 +297,11 @@ class TrainLoop:
             eval_time = time.perf_counter() - t_start
 
         try:
-            for step, x, y in self.batches():  # noqa: B007
-                x, y = self.to_device(x), self.to_device(y)
+            for step, micro in self._steps():  # noqa: B007
                 self.clock.start()
                 if self.faults is not None:
                     self.faults.begin()
-                loss = self._one_step(x, y, step)
+                loss = self._one_step(micro, step)
                 if self.faults is not None:
                     self.faults.end(step)        # an injected slow step counts as compute
                 self.clock.stop()
