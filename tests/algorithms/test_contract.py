@@ -50,3 +50,13 @@ def test_the_registry_lives_below_the_algorithms():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module == "distml.algorithms":
                 pytest.fail(f"{f.name} imports the algorithms package it belongs to")
+
+
+def test_wrap_declarations_match_the_hooks_a_user_loop_skips():
+    """``Supports.wrap`` is a declaration; it must agree with what ``distml.wrap`` would
+    skip (an algorithm's own loop, or a hook such as ``loss_terms`` no user loop calls)."""
+    from distml.algorithms import ALGORITHMS
+    from distml.runtime.wrap import why_not_wrappable
+    for name in ALGORITHMS.names():
+        algo = ALGORITHMS.build({"name": name})
+        assert algo.supports.wrap == (why_not_wrappable(algo) == ""), (name, why_not_wrappable(algo))
