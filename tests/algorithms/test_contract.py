@@ -23,7 +23,7 @@ def test_every_algorithm_declares_its_buffer_policy_and_what_it_supports(name):
     assert cls.supports.models in ("any", "sequential", "linear")
     if cls.supports.wrap:        # distml.wrap runs the hooks of the standard loop only
         assert not cls.owns_loop and cls.eval_model is Algorithm.eval_model
-        assert cls.loss_terms is Algorithm.loss_terms and cls.on_train_end is Algorithm.on_train_end
+        assert cls.loss_terms is Algorithm.loss_terms   # (on_train_end: the wrapper's finish())
 
 
 def test_the_runtime_calls_hooks_and_never_probes_an_algorithm():

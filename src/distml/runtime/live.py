@@ -240,7 +240,7 @@ def _samples_per_step(config: dict[str, Any]) -> int | None:
     """``data.batch_size``, unless the algorithm runs its own loop (its steps are rounds)."""
     from distml.runtime.build import registries
     algorithms = registries()["algorithm"]
-    name = config.get("algorithm", {}).get("name")
-    if name not in algorithms or getattr(algorithms.get(name), "owns_loop", False):
+    spec = config.get("algorithm", {})
+    if spec.get("name") not in algorithms or algorithms.build(spec).owns_loop:
         return None
     return config.get("data", {}).get("batch_size")
