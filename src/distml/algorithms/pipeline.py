@@ -12,6 +12,14 @@ their gradients (backward); their bytes are counted on the transport as op
 ``pipeline_p2p`` (time inside torch's schedule cannot be split out and counts as
 compute). Gradients are averaged over micro-batches, so a step equals the
 single-process step on the whole batch.
+
+Tied weights across stages (``transformer_lm``'s token embedding, which is also its
+output layer: first stage and last stage hold one copy each) are kept tied as in
+Megatron-LM (Shoeybi et al. 2019): after each step's backward, the stages that hold a
+copy sum its gradients (an all-reduce on the transport, op ``all_reduce``), so every
+copy takes the same update as the single tied weight would. BatchNorm statistics and
+other buffers live on the stage that owns their layer and are gathered with the
+parameters at every evaluation, so the evaluated and saved model is the trained one.
 """
 
 from __future__ import annotations
@@ -126,6 +134,7 @@ class Pipeline(Algorithm):
             raise ConfigError(f"pipeline: balance must be one of {', '.join(BALANCES)}, got {balance!r}")
         self.schedule_name, self.microbatches, self.balance = schedule, microbatches, balance
         self.bounds: list[int] | None = None
+        self.tied: list[nn.Parameter] = []      # weights held by several stages (run() sets)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         sequential_of("pipeline", model)
@@ -162,6 +171,8 @@ class Pipeline(Algorithm):
         self.layers = layers
         lo, hi = self.bounds[t.rank], self.bounds[t.rank + 1]
         stage_mod = nn.Sequential(*layers[lo:hi])    # shares the layers with p.model
+        self.tied = shared_parameters(layers, self.bounds)
+        mine = {id(q) for q in stage_mod.parameters()}
         self._count_bytes(stage_mod, t.rank, k)
         stage = PipelineStage(stage_mod, t.rank, k, torch.device(loop.device), group=t.group)
         kind = ScheduleGPipe if self.schedule_name == "gpipe" else Schedule1F1B
@@ -188,6 +199,7 @@ class Pipeline(Algorithm):
                 sched.step(target=loop._to_device(y), losses=losses)
             else:
                 sched.step()
+            self._sum_tied_grads(mine)
             opt.step()
             lr_sched.step()
             # the loss lives on the last stage; every rank logs it
@@ -228,10 +240,21 @@ class Pipeline(Algorithm):
         if rank > 0:
             mod.register_forward_pre_hook(in_hook)
 
-    def at_eval(self, step: int) -> dict[str, Any]:
-        """Every rank gets every stage's parameters (rank 0 evaluates and saves the model)."""
+    def _sum_tied_grads(self, mine: set[int]) -> None:
+        """Sum the gradients of the copies of a weight that several stages hold (every rank
+        joins the all-reduce; a rank without a copy adds zeros)."""
         t = self.transport
-        stages = [[q for m in self.layers[a:b] for q in m.parameters()]
+        for q in self.tied:
+            held = id(q) in mine and q.grad is not None
+            g = t.all_reduce(q.grad if held else torch.zeros_like(q))
+            if id(q) in mine:
+                q.grad = g
+
+    def at_eval(self, step: int) -> dict[str, Any]:
+        """Every rank gets every stage's parameters and buffers (rank 0 evaluates and saves
+        the model; buffers such as BatchNorm statistics travel as floats and are cast back)."""
+        t = self.transport
+        stages = [[q for m in self.layers[a:b] for q in (*m.parameters(), *m.buffers())]
                   for a, b in zip(self.bounds, self.bounds[1:])]
         width = max(max(sum(q.numel() for q in s) for s in stages), 1)
         dtype = next(self.model.parameters()).dtype
@@ -240,6 +263,16 @@ class Pipeline(Algorithm):
             if r != t.rank:
                 unflat(got[r], s)
         return {}
+
+
+def shared_parameters(layers: list[nn.Module], bounds: list[int]) -> list[nn.Parameter]:
+    """The parameters that more than one stage holds (tied weights), in model order."""
+    seen: dict[int, tuple[nn.Parameter, set[int]]] = {}
+    for stage, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        for m in layers[a:b]:
+            for q in m.parameters():
+                seen.setdefault(id(q), (q, set()))[1].add(stage)
+    return [q for q, stages in seen.values() if len(stages) > 1]
 
 
 def _batches(loader, spe: int):
