@@ -171,11 +171,11 @@ def text(context: int = 128, max_bytes: int = 2_000_000, tokens: str = "byte",
     if not files:
         raise DataError(f"text: no *.py files under {base}; set data.source.root to a folder of "
                         "Python sources")
-    share = {"train": 1 - validation_fraction - test_fraction, "validation": validation_fraction,
-             "test": test_fraction}
+    share = {"validation": round(max_bytes * validation_fraction), "test": round(max_bytes * test_fraction)}
+    share["train"] = max_bytes - share["validation"] - share["test"]
     raw: dict[str, bytes] = {}
     for name in SPLITS:
-        budget, parts = int(max_bytes * share[name]), []
+        budget, parts = share[name], []
         for rel in files:
             if budget <= 0:
                 break
