@@ -174,12 +174,18 @@ class Pipeline(Algorithm):
         self.tied = shared_parameters(layers, self.bounds)
         mine = {id(q) for q in stage_mod.parameters()}
         self._count_bytes(stage_mod, t.rank, k)
-        stage = PipelineStage(stage_mod, t.rank, k, torch.device(loop.device), group=t.group)
+        order = make_loader(p.source, PARTITIONS.build(cfg.data.partition), 0, 1,
+                            cfg.data.batch_size, cfg.seed, samples_per_epoch=cfg.data.samples_per_epoch)
+        first_x, _ = next(iter(order.batches(0)))
+        micro = loop._to_device(first_x[: cfg.data.batch_size // self.microbatches])
+        inp, out = stage_io(layers, self.bounds, micro)[t.rank]
+        # static shapes: without them torch infers them by running every stage once more
+        # in training mode, which would update BatchNorm statistics with a fake batch
+        stage = PipelineStage(stage_mod, t.rank, k, torch.device(loop.device),
+                              input_args=inp, output_args=out, group=t.group)
         kind = ScheduleGPipe if self.schedule_name == "gpipe" else Schedule1F1B
         sched = kind(stage, self.microbatches, loss_fn=p.loss_fn)
         opt = build_optimizer(cfg.optim.spec(), stage_mod.parameters())
-        order = make_loader(p.source, PARTITIONS.build(cfg.data.partition), 0, 1,
-                            cfg.data.batch_size, cfg.seed, samples_per_epoch=cfg.data.samples_per_epoch)
         spe = order.steps_per_epoch
         total = max(1, math.ceil(cfg.train.epochs * spe))
         if cfg.train.max_steps is not None:
@@ -263,6 +269,31 @@ class Pipeline(Algorithm):
             if r != t.rank:
                 unflat(got[r], s)
         return {}
+
+
+def stage_io(layers: list[nn.Module], bounds: list[int],
+             micro: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each stage's (input, output) example tensors for one micro-batch ``micro``.
+
+    The shapes come from a forward of copies of the layers on the meta device (no
+    arithmetic, the real layers and their buffers untouched); the examples are empty
+    tensors on ``micro``'s device, floating ones (activations) requiring grad.
+    """
+    shadow = copy.deepcopy(nn.ModuleList(layers)).to("meta")
+    a = micro.to("meta")
+    shapes = []
+    with torch.no_grad():
+        for lo, hi in zip(bounds, bounds[1:]):
+            first = a
+            for m in shadow[lo:hi]:
+                a = m(a)
+            shapes.append((first, a))
+
+    def example(meta: torch.Tensor) -> torch.Tensor:
+        e = torch.empty(meta.shape, dtype=meta.dtype, device=micro.device)
+        return e.requires_grad_(e.is_floating_point())
+
+    return [(micro if i == 0 else example(x), example(y)) for i, (x, y) in enumerate(shapes)]
 
 
 def shared_parameters(layers: list[nn.Module], bounds: list[int]) -> list[nn.Parameter]:
