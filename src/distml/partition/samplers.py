@@ -81,12 +81,12 @@ class ShuffleSplit(SamplePartition):
 
 @PARTITIONS.register("contiguous", summary="rank r reads the r-th contiguous stretch of the data "
                      "in order (e.g. consecutive text windows); optionally reshuffled inside it")
-class Contiguous(SamplePartition):
+class Contiguous(ShuffleSplit):
     """Contiguous stretches: rank r reads samples ``[r·n/world, (r+1)·n/world)`` in order.
 
-    For ordered data such as the windows of a token stream (partition/text.py), each
-    rank's batches are then consecutive windows of its own stretch of text; the last
-    ``n % world`` samples are dropped.
+    Shuffle-and-split without the shuffle. For ordered data such as the windows of a
+    token stream (partition/text.py), each rank's batches are then consecutive windows
+    of its own stretch of text; the last ``n % world`` samples are dropped.
 
     Args:
         reshuffle: "none" (the stretch in order every epoch) or "shard" (the same stretch,
@@ -99,9 +99,7 @@ class Contiguous(SamplePartition):
     MODES = ("none", "shard")
 
     def __init__(self, reshuffle: str = "none"):
-        if reshuffle not in self.MODES:
-            raise ConfigError(f"reshuffle must be one of {', '.join(self.MODES)}, got {reshuffle!r}")
-        self.reshuffle = reshuffle
+        super().__init__(reshuffle)
 
     def indices(self, n, rank, world, epoch, seed, labels=None):
         check_rank(n, rank, world)
