@@ -47,6 +47,11 @@ def run_lm(tmp_path, algorithm):
     assert torch.equal(got["layers.0.tokens.weight"], got["layers.3.weight"])
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["bits_per_token"] == pytest.approx(summary["test_loss"] / math.log(2))
+    res = distml("evaluate", str(tmp_path / "run"), timeout=90)   # model.pt reproduces the summary
+    assert res.returncode == 0, res.stderr
+    again = json.loads(res.stdout)
+    for key in ("test_loss", "bits_per_token", "perplexity", "test_accuracy"):
+        assert again[key] == pytest.approx(summary[key], rel=1e-9), key
     events = [json.loads(ln) for ln in (tmp_path / "run" / "events-rank0.jsonl").read_text().splitlines()]
     return events
 
