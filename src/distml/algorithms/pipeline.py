@@ -279,7 +279,7 @@ def stage_io(layers: list[nn.Module], bounds: list[int],
     arithmetic, the real layers and their buffers untouched); the examples are empty
     tensors on ``micro``'s device, floating ones (activations) requiring grad.
     """
-    shadow = copy.deepcopy(nn.ModuleList(layers)).to("meta")
+    shadow = [copy.deepcopy(m).to("meta") for m in layers]    # one real copy at a time
     a = micro.to("meta")
     shapes = []
     with torch.no_grad():
