@@ -1,7 +1,9 @@
 """distml SyncSGD against torch's DistributedDataParallel: steps/s and peak memory.
 
-Both sides train the same model (same initial weights), on the same Fashion-MNIST
-batches (batch 64 per worker), with the same optimizer and the same number of steps,
+Both sides train the same model (same initial weights), on the same batches (per
+worker: Fashion-MNIST, batch 64 for mlp and cnn, 32 for resnet; for transformer_lm 16
+windows of 64 byte tokens of the ``text`` source), with the same optimizer and the same
+number of steps,
 in 2 worker processes with 1 thread each over gloo on 127.0.0.1. Runs are interleaved
 in one invocation (for each repeat and model: DDP, then distml), every run in fresh
 processes, so that drift of the shared machine hits both sides alike and each run's
@@ -9,6 +11,7 @@ peak resident memory (``ru_maxrss``) is its own.
 
     python bench/vs_ddp.py --repeats 5          # the documented run (docs/benchmarks.md)
     python bench/vs_ddp.py --quick              # smoke check: same code path, fewer steps
+    python bench/vs_ddp.py --models resnet,transformer_lm   # the two larger architectures
 
 Ends by printing one JSON line (DESIGN.md §5)::
 
@@ -40,19 +43,26 @@ from pathlib import Path
 MODELS_TO_RUN = ("mlp", "cnn")
 MODES = ("ddp", "distml", "distml_unplaced", "ddp_placed")
 WORLD = 2
-BATCH = 64
 LR, MOMENTUM = 0.01, 0.9
 SEED = 0
+FASHION = {"name": "fashion_mnist"}
+# model -> (data source, batch per worker, model spec): what each model trains on
+WORKLOADS = {
+    "mlp": (FASHION, 64, {"name": "mlp"}),
+    "cnn": (FASHION, 64, {"name": "cnn"}),
+    "resnet": (FASHION, 32, {"name": "resnet"}),            # ResNet-20, BatchNorm
+    "transformer_lm": ({"name": "text", "context": 64, "max_bytes": 1_000_000}, 16,
+                       {"name": "transformer_lm", "d_model": 64, "n_layers": 2, "n_heads": 4}),
+}
 
 
 # ---------------------------------------------------------------------------------------
 # worker side
 # ---------------------------------------------------------------------------------------
-def _batches(rank: int, n: int):
-    """This rank's first ``n`` Fashion-MNIST training batches (epochs cycle), lazily."""
-    from distml.partition import SOURCES, make_loader
-    source = SOURCES.build("fashion_mnist")
-    loader = make_loader(source, None, rank, WORLD, BATCH, SEED)
+def _batches(source, batch: int, rank: int, n: int):
+    """This rank's first ``n`` training batches of ``source`` (epochs cycle), lazily."""
+    from distml.partition import make_loader
+    loader = make_loader(source, None, rank, WORLD, batch, SEED)
     produced, epoch = 0, 0
     while True:
         for b in loader.batches(epoch):
@@ -64,12 +74,17 @@ def _batches(rank: int, n: int):
 
 
 def _build(model_name: str):
+    """The workload's data source, model, loss and optimizer (same weights on every run)."""
     import torch
-    from distml.models import MODELS
+    from distml.models import build_loss, build_model
+    from distml.partition import SOURCES
+    source_spec, batch, model_spec = WORKLOADS[model_name]
+    source = SOURCES.build(source_spec)
     torch.manual_seed(SEED)
-    model = MODELS.build(model_name, input_shape=(1, 28, 28), num_classes=10)
+    model = build_model(model_spec, source.info)
+    loss_fn = build_loss("auto", model_spec["name"], source.info)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    return model, opt
+    return source, batch, model, loss_fn, opt
 
 
 def worker(args) -> None:
@@ -79,13 +94,12 @@ def worker(args) -> None:
 
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
 
     torch.set_num_threads(1)
     rank = args.rank
-    model, opt = _build(args.model)
+    source, batch, model, loss_fn, opt = _build(args.model)
     n_total = args.warmup + args.steps
-    data = _batches(rank, n_total)
+    data = _batches(source, batch, rank, n_total)
 
     timeout_s = 120.0
     if args.mode.startswith("ddp"):
@@ -114,7 +128,7 @@ def worker(args) -> None:
 
     def step(i: int, x, y) -> None:
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x), y)
+        loss = loss_fn(net(x), y)
         loss.backward()
         if algo is not None:
             algo.after_backward(i)
@@ -283,6 +297,8 @@ def main(argv=None) -> int:
     steps = args.steps if args.steps is not None else (60 if args.quick else 400)
     warmup = min(args.warmup, 5) if args.quick else args.warmup
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if set(models) - set(WORKLOADS):
+        ap.error(f"--models: any of {', '.join(WORKLOADS)}")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if len(modes) < 2 or set(modes) - set(MODES) or modes[0] != "ddp":
         ap.error(f"--modes: 'ddp' first, then any of {', '.join(MODES[1:])}")
@@ -310,7 +326,7 @@ def main(argv=None) -> int:
                     rss = max(x["maxrss_kb"] for x in res) / 1024
                     rows.setdefault((model, mode), []).append({"steps_per_s": sps, "rss_mb": rss})
                     finals[mode] = torch.load(out, weights_only=True)
-                    print(f"repeat {r + 1}/{repeats} {model:4s} {mode:15s} "
+                    print(f"repeat {r + 1}/{repeats} {model:14s} {mode:15s} "
                           f"{sps:8.1f} steps/s  peak RSS {rss:7.1f} MB", file=sys.stderr, flush=True)
                 a = finals["ddp"]
                 diffs.setdefault(model, []).append(max(
@@ -350,7 +366,8 @@ def main(argv=None) -> int:
                 d, o = rows[(model, "ddp")], rows[(model, mode)]
                 summary[f"{model}_{mode}_ratio"] = round(
                     _median([x["steps_per_s"] for x in o]) / _median([x["steps_per_s"] for x in d]), 3)
-    summary.update({"repeats": repeats, "modes": modes, "steps": steps, "warmup": warmup, "batch": BATCH,
+    summary.update({"repeats": repeats, "modes": modes, "steps": steps, "warmup": warmup,
+                    "batch": {m: WORKLOADS[m][1] for m in models},
                     "workers": WORLD, "threads_per_worker": 1, "backend": "gloo",
                     "quick": bool(args.quick)})
     print(json.dumps(summary), flush=True)

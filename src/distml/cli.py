@@ -213,6 +213,8 @@ def _format_summary(s: dict[str, Any]) -> str:
             ("compute s / worker", s["compute_seconds"]), ("comm s / worker", s["comm_seconds"]),
             ("wait s / worker", s["wait_seconds"]), ("MB sent (all workers)", s["bytes_sent"] / 1e6),
             ("time to target s", s["time_to_target"]), ("results", s.get("run_dir"))]
+    if s.get("bits_per_token") is not None:        # a language model: test loss is nats per token
+        rows[2:2] = [("bits per token", s["bits_per_token"]), ("perplexity", s.get("perplexity"))]
     for k, v in rows:
         t.add_row(k, _fmt(v))
     buf = StringIO()

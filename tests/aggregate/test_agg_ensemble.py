@@ -114,3 +114,14 @@ def test_distillation_loss():
     assert torch.allclose(mixed, expect)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         soft_targets(teacher, 0)
+
+
+def test_sequence_logits_combine_per_position():
+    """A language model's (B, T, V) logits: each position combines like one (B·T, V) row."""
+    torch.manual_seed(0)
+    members = [torch.randn(2, 5, 7) for _ in range(3)]
+    flat = [z.reshape(-1, 7) for z in members]
+    assert torch.allclose(average_probabilities(members).reshape(-1, 7), average_probabilities(flat))
+    winner, votes = majority_vote(members)
+    flat_winner, flat_votes = majority_vote(flat)
+    assert torch.equal(winner.reshape(-1), flat_winner) and torch.equal(votes.reshape(-1, 7), flat_votes)

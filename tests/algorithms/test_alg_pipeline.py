@@ -49,16 +49,18 @@ def reference(cfg, steps):
     losses = []
     for _, (x, y) in zip(range(steps), loader.batches(0)):
         opt.zero_grad()
-        loss = loss_fn(model(x.double()), y)
+        loss = loss_fn(model(x.double() if x.is_floating_point() else x), y)   # token ids stay ints
         loss.backward()
         opt.step()
         losses.append(loss.item())
     return losses, model.state_dict()
 
 
-def check_equal(tmp_path, algorithm):
+def check_equal(tmp_path, algorithm, config=CONFIG):
+    """Run ``config`` with ``algorithm``; its losses and model.pt (buffers included) must equal
+    the single-process run's. Returns rank 0's step events."""
     path = tmp_path / "c.toml"
-    path.write_text(CONFIG.format(algorithm=algorithm, steps=STEPS))
+    path.write_text(config.format(algorithm=algorithm, steps=STEPS))
     out = tmp_path / "run"
     res = distml("run", str(path), "--out", str(out), timeout=150)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -11,10 +11,23 @@ from distml.models import LOSSES, MODELS, build_loss, build_model
 IMAGE = SimpleNamespace(task="classification", num_classes=10, input_shape=(1, 28, 28))
 BINARY = SimpleNamespace(task="classification", num_classes=2, input_shape=(1, 12, 12))
 REGRESSION = SimpleNamespace(task="regression", num_classes=None, input_shape=(7,))
+TEXT = SimpleNamespace(task="language_modeling", num_classes=11, input_shape=(6,))
+TINY_LM = {"name": "transformer_lm", "d_model": 8, "n_layers": 2, "n_heads": 2}
 
 
 def info_for(name):
+    if name == "transformer_lm":
+        return TEXT
     return REGRESSION if getattr(MODELS.get(name), "default_loss", None) == "mse" else IMAGE
+
+
+def example_batch(info, n):
+    """Inputs and targets of ``n`` samples that fit ``info`` (token ids for a language model)."""
+    if info.task == "language_modeling":
+        return (torch.randint(0, info.num_classes, (n, *info.input_shape)),
+                torch.randint(0, info.num_classes, (n, *info.input_shape)))
+    target = torch.randn(n) if info.task == "regression" else torch.randint(0, info.num_classes, (n,))
+    return torch.randn(n, *info.input_shape), target
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -22,11 +35,10 @@ def test_every_model_builds_forwards_and_backprops(name):
     torch.manual_seed(0)
     info = info_for(name)
     model = build_model(name, info)
-    x = torch.randn(5, *info.input_shape)
+    x, target = example_batch(info, 5)
     out = model(x)
     expected = 1 if info.task == "regression" else info.num_classes
-    assert out.shape == (5, expected)
-    target = torch.randn(5) if info.task == "regression" else torch.randint(0, 10, (5,))
+    assert out.shape == (5, *target.shape[1:], expected)
     loss = build_loss("auto", name, info)(out, target)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
@@ -134,3 +146,124 @@ def test_numpy_sizes_are_accepted():
                            input_shape=tuple(np.array([1, 8, 8])))
     model = build_model("cnn", info)
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 4)
+
+
+# ---- resnet -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8), (2, 5, 3)])
+def test_resnet_adapts_to_the_input_shape(shape):
+    info = SimpleNamespace(task="classification", num_classes=7, input_shape=shape)
+    model = build_model({"name": "resnet", "depth": 8, "width": 4}, info)
+    assert model(torch.randn(3, *shape)).shape == (3, 7)
+
+
+def test_resnet20_has_the_papers_layout_and_size():
+    info = SimpleNamespace(task="classification", num_classes=10, input_shape=(3, 32, 32))
+    model = build_model("resnet", info)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == 19                       # 1 + 3 stages x 3 blocks x 2, + the Linear = 20
+    assert sorted({c.out_channels for c in convs}) == [16, 32, 64]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 19 + 2
+    # He et al. 2016 table 6: 0.27M = 269,722 with option A shortcuts (no parameters); ours,
+    # option B, add two 1x1 convs + BatchNorm: 16*32 + 32*64 + 2*(32 + 64) = 2,752
+    assert sum(p.numel() for p in model.parameters()) == 269_722 + 2_752
+
+
+@pytest.mark.parametrize("params,match", [({"depth": 21}, "depth must be 6n\\+2"),
+                                          ({"depth": 2}, "depth must be 6n\\+2"),
+                                          ({"width": 0}, "width must be an int >= 1")])
+def test_resnet_refuses_bad_params(params, match):
+    with pytest.raises(ConfigError, match=match):
+        build_model({"name": "resnet", **params}, IMAGE)
+
+
+def test_resnet_needs_an_image():
+    with pytest.raises(ConfigError, match="needs a 3-D input_shape"):
+        build_model("resnet", SimpleNamespace(task="classification", num_classes=3, input_shape=(64,)))
+
+
+# ---- transformer_lm -------------------------------------------------------------------------
+
+def test_transformer_lm_outputs_logits_per_position_and_its_loss_covers_every_position():
+    torch.manual_seed(0)
+    model = build_model(TINY_LM, TEXT)
+    x, y = example_batch(TEXT, 3)
+    out = model(x)
+    assert out.shape == (3, 6, 11)
+    loss = build_loss("auto", "transformer_lm", TEXT)(out, y)
+    ref = torch.nn.functional.cross_entropy(out.permute(0, 2, 1), y)   # torch's (B, V, T) layout
+    assert torch.allclose(loss, ref)
+
+
+def test_transformer_lm_embeddings_are_tied_once():
+    model = build_model(TINY_LM, TEXT)
+    emb = model.layers[0].tokens.weight
+    head = model.layers[-1].weight
+    assert head is emb
+    assert sum(q is emb for q in model.parameters()) == 1
+    state = model.state_dict()
+    assert state["layers.0.tokens.weight"].data_ptr() == state["layers.3.weight"].data_ptr()
+    # the round trip keeps them one weight
+    other = build_model(TINY_LM, TEXT)
+    with torch.no_grad():
+        for q in other.parameters():
+            q.add_(1.0)
+    other.load_state_dict(model.state_dict())
+    assert other.layers[-1].weight is other.layers[0].tokens.weight
+    assert all(torch.equal(a, b) for a, b in zip(other.parameters(), model.parameters()))
+    x, _ = example_batch(TEXT, 2)
+    assert torch.equal(other(x), model(x))
+
+
+def test_transformer_lm_parameter_count():
+    d, v, t, f, layers = 8, 11, 6, 32, 2
+    model = build_model(TINY_LM, TEXT)
+    block = 2 * 2 * d + 4 * (d * d + d) + (d * f + f) + (f * d + d)   # 2 LNs, q/k/v/out, MLP
+    assert sum(q.numel() for q in model.parameters()) == v * d + t * d + layers * block + 2 * d
+
+
+def test_transformer_lm_is_causal():
+    """The output at position t does not depend on the inputs after t."""
+    torch.manual_seed(1)
+    model = build_model(TINY_LM | {"n_layers": 3}, TEXT).double()
+    x, _ = example_batch(TEXT, 2)
+    out = model(x)
+    for t in range(6):
+        changed = x.clone()
+        changed[:, t + 1:] = (changed[:, t + 1:] + 1) % 11
+        got = model(changed)
+        assert torch.allclose(got[:, :t + 1], out[:, :t + 1], atol=1e-12)
+        if t < 5:
+            assert not torch.allclose(got[:, t + 1:], out[:, t + 1:])
+
+
+def test_transformer_lm_context_may_exceed_the_windows_but_not_fall_short():
+    model = build_model(TINY_LM | {"context": 10}, TEXT)
+    assert model(torch.randint(0, 11, (2, 10))).shape == (2, 10, 11)
+    with pytest.raises(ConfigError, match="context \\(4\\) is shorter than the data's windows"):
+        build_model(TINY_LM | {"context": 4}, TEXT)
+
+
+@pytest.mark.parametrize("params,match", [({"n_heads": 3}, "must be divisible by n_heads"),
+                                          ({"dropout": 1.0}, "dropout must be in"),
+                                          ({"n_layers": 0}, "n_layers must be an int >= 1")])
+def test_transformer_lm_refuses_bad_params(params, match):
+    with pytest.raises(ConfigError, match=match):
+        build_model(TINY_LM | params, TEXT)
+
+
+def test_transformer_lm_needs_a_language_modelling_task():
+    with pytest.raises(ConfigError, match="needs task='language_modeling'"):
+        build_model(TINY_LM, SimpleNamespace(task="classification", num_classes=10, input_shape=(6,)))
+    with pytest.raises(ConfigError, match="cnn is a classifier"):
+        build_model("cnn", TEXT)
+
+
+def test_tensor_parallel_plan_splits_every_block():
+    model = build_model(TINY_LM, TEXT)
+    plan = model.tp_plan(2)
+    assert plan["layers.1.attn.q"] == plan["layers.2.mlp.fc1"] == "colwise"
+    assert plan["layers.1.attn.out"] == plan["layers.2.mlp.fc2"] == "rowwise"
+    assert len(plan) == 2 * 6
+    with pytest.raises(ConfigError, match="n_heads \\(2\\) must be divisible by the 4 workers"):
+        model.tp_plan(4)

@@ -17,24 +17,24 @@ MODES = ("average", "vote")
 
 
 def average_probabilities(logits: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean of the members' softmax probabilities.
+    """Mean of the members' softmax probabilities (classes on the last dimension).
 
     Args:
-        logits: one (n, C) tensor per member.
+        logits: one (n, C) tensor per member (or (n, T, C): a language model's positions).
 
     Returns:
-        (n, C) probabilities.
+        (n, C) probabilities (the members' shape).
     """
     if len(logits) == 0:
         raise ValueError("an ensemble needs at least one member, got 0")
-    return torch.stack([torch.softmax(z, dim=1) for z in logits]).mean(dim=0)
+    return torch.stack([torch.softmax(z, dim=-1) for z in logits]).mean(dim=0)
 
 
 def majority_vote(logits: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Each member votes for its argmax; ties go to the tied class with the highest mean probability.
 
     Args:
-        logits: one (n, C) tensor per member.
+        logits: one (n, C) tensor per member (or (n, T, C), voting per position).
 
     Returns:
         ``(winner, votes)``: (n,) class indices and (n, C) vote counts.
@@ -42,9 +42,9 @@ def majority_vote(logits: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.T
     probs = average_probabilities(logits)
     votes = torch.zeros_like(probs)
     for z in logits:
-        votes.scatter_add_(1, z.argmax(dim=1, keepdim=True), torch.ones_like(votes[:, :1]))
+        votes.scatter_add_(-1, z.argmax(dim=-1, keepdim=True), torch.ones_like(votes[..., :1]))
     # the mean probability is < 1, so adding it reorders only classes with equal votes
-    return (votes + probs).argmax(dim=1), votes
+    return (votes + probs).argmax(dim=-1), votes
 
 
 class Ensemble(nn.Module):

@@ -12,6 +12,14 @@ their gradients (backward); their bytes are counted on the transport as op
 ``pipeline_p2p`` (time inside torch's schedule cannot be split out and counts as
 compute). Gradients are averaged over micro-batches, so a step equals the
 single-process step on the whole batch.
+
+Tied weights across stages (``transformer_lm``'s token embedding, which is also its
+output layer: first stage and last stage hold one copy each) are kept tied as in
+Megatron-LM (Shoeybi et al. 2019): after each step's backward, the stages that hold a
+copy sum its gradients (an all-reduce on the transport, op ``all_reduce``), so every
+copy takes the same update as the single tied weight would. BatchNorm statistics and
+other buffers live on the stage that owns their layer and are gathered with the
+parameters at every evaluation, so the evaluated and saved model is the trained one.
 """
 
 from __future__ import annotations
@@ -28,7 +36,6 @@ from torch import nn
 from distml.algorithms._sequential import flat, sequential_of, unflat
 from distml.algorithms.base import Algorithm, Supports
 from distml.algorithms.registry import ALGORITHMS
-from distml.comm.buffers import floating_buffers
 from distml.errors import ConfigError
 from distml.optim import build_optimizer, build_schedule, needs_closure
 from distml.partition import PARTITIONS, make_loader
@@ -131,6 +138,7 @@ class Pipeline(Algorithm):
             raise ConfigError(f"pipeline: balance must be one of {', '.join(BALANCES)}, got {balance!r}")
         self.schedule_name, self.microbatches, self.balance = schedule, microbatches, balance
         self.bounds: list[int] | None = None
+        self.tied: list[nn.Parameter] = []      # weights held by several stages (run() sets)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         sequential_of("pipeline", model)
@@ -167,14 +175,21 @@ class Pipeline(Algorithm):
         self.layers = layers
         lo, hi = self.bounds[t.rank], self.bounds[t.rank + 1]
         stage_mod = nn.Sequential(*layers[lo:hi])    # shares the layers with p.model
+        self.tied = shared_parameters(layers, self.bounds)
+        mine = {id(q) for q in stage_mod.parameters()}
         self._count_bytes(stage_mod, t.rank, k)
-        _restore_buffers_after_first_forward(stage_mod)
-        stage = PipelineStage(stage_mod, t.rank, k, torch.device(loop.device), group=t.group)
+        order = make_loader(p.source, PARTITIONS.build(cfg.data.partition), 0, 1,
+                            cfg.data.batch_size, cfg.seed, samples_per_epoch=cfg.data.samples_per_epoch)
+        first_x, _ = next(iter(order.batches(0)))
+        micro = loop.to_device(first_x[: cfg.data.batch_size // self.microbatches])
+        inp, out = stage_io(layers, self.bounds, micro)[t.rank]
+        # static shapes: without them torch infers them by running every stage once more
+        # in training mode, which would update BatchNorm statistics with a fake batch
+        stage = PipelineStage(stage_mod, t.rank, k, torch.device(loop.device),
+                              input_args=inp, output_args=out, group=t.group)
         kind = ScheduleGPipe if self.schedule_name == "gpipe" else Schedule1F1B
         sched = kind(stage, self.microbatches, loss_fn=p.loss_fn)
         opt = build_optimizer(cfg.optim.spec(), stage_mod.parameters())
-        order = make_loader(p.source, PARTITIONS.build(cfg.data.partition), 0, 1,
-                            cfg.data.batch_size, cfg.seed, samples_per_epoch=cfg.data.samples_per_epoch)
         spe = order.steps_per_epoch
         total = total_steps(cfg.train.epochs, spe, cfg.train.max_steps)
         lr_sched = build_schedule(cfg.optim.schedule, opt, total)
@@ -192,6 +207,7 @@ class Pipeline(Algorithm):
                 sched.step(target=loop.to_device(y), losses=losses)
             else:
                 sched.step()
+            self._sum_tied_grads(mine)
             opt.step()
             lr_sched.step()
             # the loss lives on the last stage; every rank logs it
@@ -232,11 +248,21 @@ class Pipeline(Algorithm):
         if rank > 0:
             mod.register_forward_pre_hook(in_hook)
 
-    def at_eval(self, step: int) -> dict[str, Any]:
-        """Every rank gets every stage's parameters and floating buffers (BatchNorm
-        statistics live on the stage that trains the layer); rank 0 evaluates and saves."""
+    def _sum_tied_grads(self, mine: set[int]) -> None:
+        """Sum the gradients of the copies of a weight that several stages hold (every rank
+        joins the all-reduce; a rank without a copy adds zeros)."""
         t = self.transport
-        stages = [[q for m in self.layers[a:b] for q in [*m.parameters(), *floating_buffers(m)]]
+        for q in self.tied:
+            held = id(q) in mine and q.grad is not None
+            g = t.all_reduce(q.grad if held else torch.zeros_like(q))
+            if id(q) in mine:
+                q.grad = g
+
+    def at_eval(self, step: int) -> dict[str, Any]:
+        """Every rank gets every stage's parameters and buffers (rank 0 evaluates and saves
+        the model; buffers such as BatchNorm statistics travel as floats and are cast back)."""
+        t = self.transport
+        stages = [[q for m in self.layers[a:b] for q in (*m.parameters(), *m.buffers())]
                   for a, b in zip(self.bounds, self.bounds[1:])]
         width = max(max(sum(q.numel() for q in s) for s in stages), 1)
         dtype = next(self.model.parameters()).dtype
@@ -247,28 +273,36 @@ class Pipeline(Algorithm):
         return {}
 
 
-def _restore_buffers_after_first_forward(module: nn.Module) -> None:
-    """Keep the stage's first forward away from its buffers.
+def stage_io(layers: list[nn.Module], bounds: list[int],
+             micro: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each stage's (input, output) example tensors for one micro-batch ``micro``.
 
-    torch's ``PipelineStage`` infers shapes on the first schedule step by running the
-    stage once on uninitialized tensors (``torch.empty`` from the metadata; torch 2.13),
-    in train mode: BatchNorm would fold that garbage into its running statistics. That
-    forward runs on copies of the buffers; the module's own are put back after it (by
-    reference, not in place: the inference's graph still holds the copies).
+    The shapes come from a forward of copies of the layers on the meta device (no
+    arithmetic, the real layers and their buffers untouched); the examples are empty
+    tensors on ``micro``'s device, floating ones (activations) requiring grad.
     """
-    originals: list[tuple[nn.Module, str, torch.Tensor]] = []
+    shadow = [copy.deepcopy(m).to("meta") for m in layers]    # one real copy at a time
+    a = micro.to("meta")
+    shapes = []
+    with torch.no_grad():
+        for lo, hi in zip(bounds, bounds[1:]):
+            first = a
+            for m in shadow[lo:hi]:
+                a = m(a)
+            shapes.append((first, a))
 
-    def before(mod, args):
-        for name, b in list(mod.named_buffers()):
-            owner, _, leaf = name.rpartition(".")
-            sub = mod.get_submodule(owner)
-            originals.append((sub, leaf, b))
-            setattr(sub, leaf, b.detach().clone())
+    def example(meta: torch.Tensor) -> torch.Tensor:
+        e = torch.empty(meta.shape, dtype=meta.dtype, device=micro.device)
+        return e.requires_grad_(e.is_floating_point())
 
-    def after(mod, args, out):
-        for sub, leaf, b in originals:
-            setattr(sub, leaf, b)
-        handles[0].remove()
-        handles[1].remove()
+    return [(micro if i == 0 else example(x), example(y)) for i, (x, y) in enumerate(shapes)]
 
-    handles = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+
+def shared_parameters(layers: list[nn.Module], bounds: list[int]) -> list[nn.Parameter]:
+    """The parameters that more than one stage holds (tied weights), in model order."""
+    seen: dict[int, tuple[nn.Parameter, set[int]]] = {}
+    for stage, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        for m in layers[a:b]:
+            for q in m.parameters():
+                seen.setdefault(id(q), (q, set()))[1].add(stage)
+    return [q for q, stages in seen.values() if len(stages) > 1]

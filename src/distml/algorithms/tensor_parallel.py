@@ -7,7 +7,11 @@ partial output is summed by one all-reduce) — one all-reduce forward, one back
 (for the block's input gradient). Built with torch.distributed.tensor.parallel
 (``ColwiseParallel`` / ``RowwiseParallel`` over a DeviceMesh of the Transport's ranks);
 Linear layers not in a pair stay replicated (every rank computes them identically).
-Every rank reads the same batch. The collectives are torch's (DTensor); their payload
+A transformer (``transformer_lm``, or any model with a ``tp_plan(degree)`` method) is
+split the same way per block: q, k, v and the MLP's first Linear by columns — whole
+attention heads per rank — and the attention output and the MLP's second Linear by
+rows; embeddings, LayerNorms and the tied head stay replicated. Every rank reads the
+same batch. The collectives are torch's (DTensor); their payload
 is counted on the transport as op ``tensor_parallel`` (the row-parallel outputs, and
 the block inputs' gradients where the input needs one).
 """
@@ -37,10 +41,43 @@ def linear_pairs(seq: nn.Sequential) -> list[tuple[str, str]]:
     return [(names[i], names[i + 1]) for i in range(0, len(names) - 1, 2)]
 
 
+def tp_plan(model: nn.Module, degree: int) -> tuple[nn.Module, dict[str, str]]:
+    """Where to split ``model`` over ``degree`` ranks: ``(root, {path: "colwise" | "rowwise"})``.
+
+    A model that offers ``tp_plan(degree)`` (e.g. ``transformer_lm``: q/k/v and the MLP's
+    first Linear by columns, the attention output and the MLP's second by rows) gives
+    its own plan, paths relative to itself; any other model must be a Sequential whose
+    consecutive Linear layers pair into column/row blocks.
+
+    Raises:
+        ConfigError: no plan fits, or a split width not divisible by ``degree``.
+    """
+    own = getattr(model, "tp_plan", None)
+    if callable(own):
+        plan = own(degree)
+        if not plan:
+            raise ConfigError(f"tensor_parallel: {type(model).__name__}.tp_plan() split nothing")
+        return model, plan
+    seq = sequential_of("tensor_parallel", model)
+    pairs = linear_pairs(seq)
+    if not pairs:
+        raise ConfigError("tensor_parallel needs at least two Linear layers in the model's "
+                          "sequence (e.g. mlp with a hidden layer), or a model with a tp_plan() "
+                          "(e.g. transformer_lm)")
+    plan = {}
+    for col, row in pairs:
+        h = getattr(seq, col).out_features
+        if h % degree:
+            raise ConfigError(f"tensor_parallel: hidden width {h} of layer {col} must be "
+                              f"divisible by the {degree} workers")
+        plan[col], plan[row] = "colwise", "rowwise"
+    return seq, plan
+
+
 @ALGORITHMS.register("tensor_parallel", topology="collective (all-reduce of activations)",
                      pace="bsp", paper="Shoeybi et al. 2019 (Megatron-LM)",
-                     summary="width-split MLP blocks: column- then row-parallel Linear pairs "
-                             "(torch.distributed.tensor.parallel)")
+                     summary="width-split MLP blocks and transformer heads: column- then "
+                             "row-parallel Linear pairs (torch.distributed.tensor.parallel)")
 class TensorParallel(Algorithm):
     """Column/row tensor parallelism over all workers (one replica of the model)."""
 
@@ -52,16 +89,17 @@ class TensorParallel(Algorithm):
 
     def __init__(self):
         self.plain: nn.Module | None = None
+        self.degree = 1                 # the TP degree (= workers), known once check_config ran
 
     def check_config(self, config) -> None:
         """Refuse optimizers that need a closure (before any process starts)."""
         if needs_closure(split_spec(config.optim.spec(), "optimizer")[0]):
             raise ConfigError("tensor_parallel: the optimizer must not need a closure (e.g. not lbfgs)")
+        self.degree = config.workers
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        if not linear_pairs(sequential_of("tensor_parallel", model)):
-            raise ConfigError("tensor_parallel needs at least two Linear layers in the model's "
-                              "sequence (e.g. mlp with a hidden layer)")
+        """Refuse a model no plan splits over the workers (runs after :meth:`check_config`)."""
+        tp_plan(model, self.degree)
         return model
 
     def describe(self) -> dict[str, Any]:
@@ -73,24 +111,17 @@ class TensorParallel(Algorithm):
                                                        parallelize_module)
 
         p, t, cfg = loop.parts, loop.transport, loop.config
-        seq = sequential_of("tensor_parallel", p.model)
-        pairs = linear_pairs(seq)
-        for col, row in pairs:
-            h = getattr(seq, col).out_features
-            if h % t.world_size:
-                raise ConfigError(f"tensor_parallel: hidden width {h} of layer {col} must be "
-                                  f"divisible by the {t.world_size} workers")
+        root, plan = tp_plan(p.model, t.world_size)
         self.plain = copy.deepcopy(p.model)          # the evaluated / saved full model
         device = torch.device(loop.device)
         if t.group is None:
             mesh = DeviceMesh(device.type, list(range(t.world_size)))
         else:
             mesh = DeviceMesh.from_group(t.group, device.type)
-        plan = {}
-        for col, row in pairs:
-            plan[col], plan[row] = ColwiseParallel(), RowwiseParallel()
-            self._count_bytes(getattr(seq, col), getattr(seq, row))
-        parallelize_module(seq, mesh, plan)
+        styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
+        for path, style in plan.items():
+            self._count_bytes(root.get_submodule(path), style)
+        parallelize_module(root, mesh, {path: styles[style]() for path, style in plan.items()})
         self.tp_model = p.model
         opt = build_optimizer(cfg.optim.spec(), p.model.parameters())
         order = make_loader(p.source, PARTITIONS.build(cfg.data.partition), 0, 1,
@@ -111,7 +142,7 @@ class TensorParallel(Algorithm):
 
         return loop.run_steps(step, total, steps_per_epoch=spe)
 
-    def _count_bytes(self, col: nn.Module, row: nn.Module) -> None:
+    def _count_bytes(self, module: nn.Module, style: str) -> None:
         stats = self.transport.stats
 
         def row_out(_m, _inp, out):          # the forward all-reduce of partial outputs
@@ -123,12 +154,18 @@ class TensorParallel(Algorithm):
                 n = inp[0].numel() * inp[0].element_size()
                 stats.record("tensor_parallel", n, n, 0.0)
 
-        row.register_forward_hook(row_out)
-        col.register_forward_pre_hook(col_in)
+        if style == "rowwise":
+            module.register_forward_hook(row_out)
+        else:
+            module.register_forward_pre_hook(col_in)
 
     @torch.no_grad()
     def at_eval(self, step: int) -> dict[str, Any]:
-        """Assemble full weights from the shards into the plain copy (a collective)."""
+        """Assemble full weights from the shards into the plain copy (a collective).
+
+        Buffers (BatchNorm statistics) are replicated — every rank computes the
+        unsplit layers on the same batch — so rank 0's are copied as they are.
+        """
         full = dict(self.plain.named_parameters())
         for name, q in self.tp_model.named_parameters():
             v = q.full_tensor() if hasattr(q, "full_tensor") else q

@@ -23,7 +23,8 @@ def floating_buffers(model: nn.Module) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def copy_buffers(src: nn.Module, dst: nn.Module) -> None:
-    """Copy every buffer of ``src`` into the same-named buffer of ``dst`` (same architecture).
+    """Copy every buffer of ``src`` into the same-named buffer of ``dst`` (same architecture;
+    ``src`` may hold DTensors, e.g. a tensor-parallel model: ``dst`` gets the full tensor).
 
     Raises:
         ValueError: the two modules' buffers differ in names.
@@ -32,7 +33,8 @@ def copy_buffers(src: nn.Module, dst: nn.Module) -> None:
     if mine.keys() != theirs.keys():
         raise ValueError(f"copy_buffers: buffers differ: {sorted(mine)} vs {sorted(theirs)}")
     for name, b in theirs.items():
-        b.copy_(mine[name])
+        v = mine[name]
+        b.copy_(v.full_tensor() if hasattr(v, "full_tensor") else v)   # a DTensor: all of it
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Models and losses, found by name through :data:`MODELS` and :data:`LOSSES`.
 
-Built-in models: ``softmax``, ``least_squares``, ``linear_svm`` (linear), ``mlp`` and
-``cnn``. Built-in losses: ``cross_entropy``, ``mse``, ``hinge``.
+Built-in models: ``softmax``, ``least_squares``, ``linear_svm`` (linear), ``mlp``,
+``cnn``, ``resnet`` and ``transformer_lm`` (a language model). Built-in losses: ``cross_entropy``, ``mse``, ``hinge``.
 """
 
 from __future__ import annotations
@@ -12,16 +12,18 @@ from typing import Any, Protocol
 from torch import nn
 
 from distml.errors import ConfigError
-from distml.models import cnn, linear, losses, mlp  # noqa: F401  (registers the entries)
+from distml.models import cnn, linear, losses, mlp, resnet, transformer  # noqa: F401  (registers the entries)
 from distml.models.base import LOSSES, MODELS, TASKS
 from distml.models.cnn import CNN
 from distml.models.linear import LeastSquares, LinearSVM, SoftmaxRegression
 from distml.models.losses import LossFn
 from distml.models.mlp import MLP
+from distml.models.resnet import ResNet
+from distml.models.transformer import TransformerLM
 from distml.registry import split_spec
 
 __all__ = ["MODELS", "LOSSES", "build_model", "build_loss", "default_loss", "SoftmaxRegression",
-           "LeastSquares", "LinearSVM", "MLP", "CNN", "LossFn"]
+           "LeastSquares", "LinearSVM", "MLP", "CNN", "ResNet", "TransformerLM", "LossFn"]
 
 
 class _Info(Protocol):
@@ -70,8 +72,8 @@ def default_loss(model_name: str | None, task: str) -> str:
     """The loss a model trains with when the config says ``loss = "auto"``.
 
     Taken from the registration's ``default_loss`` meta, else the factory's
-    ``default_loss`` attribute, else ``cross_entropy`` for classification and ``mse``
-    for regression.
+    ``default_loss`` attribute, else ``cross_entropy`` for classification and language
+    modelling and ``mse`` for regression.
 
     Raises:
         ConfigError: unknown model.
@@ -81,7 +83,7 @@ def default_loss(model_name: str | None, task: str) -> str:
         factory = MODELS.get(model_name)
         name = MODELS.meta(model_name).get("default_loss") or getattr(factory, "default_loss", None)
     if name is None:
-        name = "cross_entropy" if task == "classification" else "mse"
+        name = "mse" if task == "regression" else "cross_entropy"
     return name
 
 

@@ -12,7 +12,8 @@ from distml.registry import Registry
 MODELS = Registry("model")
 LOSSES = Registry("loss")
 
-TASKS = ("classification", "regression")
+LANGUAGE_MODELING = "language_modeling"     # next-token prediction: (B, T) ids -> (B, T, V) logits
+TASKS = ("classification", "regression", LANGUAGE_MODELING)
 
 
 def check_input_shape(model: str, input_shape: Sequence[int], image: bool = False) -> tuple[int, ...]:

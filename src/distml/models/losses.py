@@ -17,13 +17,15 @@ from distml.models.base import LOSSES
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@LOSSES.register("cross_entropy", tasks=("classification",),
-                 summary="softmax cross-entropy on logits; targets are class indices or probabilities")
+@LOSSES.register("cross_entropy", tasks=("classification", "language_modeling"),
+                 summary="softmax cross-entropy on logits; targets are class indices or probabilities; "
+                         "(B, T, V) sequence logits are scored at every position")
 def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
     """Softmax cross-entropy on logits (``torch.nn.functional.cross_entropy``).
 
     Targets may be class indices (N,) or class probabilities (N, C), e.g. an ensemble's
-    soft labels for distillation.
+    soft labels for distillation. Sequence logits (B, T, V) with targets (B, T) (a
+    language model) are flattened: the mean over all B·T positions, in nats.
 
     Args:
         label_smoothing: mass spread uniformly over the classes, in [0, 1).
@@ -40,6 +42,8 @@ def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
     smoothing = float(label_smoothing)
 
     def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if output.ndim == 3:        # (B, T, V): torch wants the classes in dim 1, so flatten
+            output, target = output.reshape(-1, output.shape[-1]), target.reshape(-1, *target.shape[2:])
         return F.cross_entropy(output, target, label_smoothing=smoothing)
 
     return loss

@@ -19,7 +19,8 @@ from distml.registry import Registry
 SOURCES = Registry("data source")
 PARTITIONS = Registry("partition")
 
-TASKS = ("classification", "regression")
+LANGUAGE_MODELING = "language_modeling"
+TASKS = ("classification", "regression", LANGUAGE_MODELING)
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,12 @@ class DataInfo:
     """What a model needs to know about the data.
 
     Args:
-        task: "classification" or "regression".
-        num_classes: number of classes (2 for binary tasks, labels 0/1); None for regression.
-        input_shape: the shape of one sample, e.g. ``(1, 28, 28)`` or ``(d,)``.
+        task: "classification", "regression" or "language_modeling" (next-token
+            prediction: a sample is a window of T token ids, its target the same window
+            shifted by one).
+        num_classes: number of classes (2 for binary tasks, labels 0/1); the vocabulary
+            size for language modelling; None for regression.
+        input_shape: the shape of one sample, e.g. ``(1, 28, 28)``, ``(d,)`` or ``(T,)``.
     """
 
     task: str
@@ -39,8 +43,8 @@ class DataInfo:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.task == "classification" and (self.num_classes is None or self.num_classes < 2):
-            raise DataError(f"a classification task needs at least 2 classes, got {self.num_classes}")
+        if self.task != "regression" and (self.num_classes is None or self.num_classes < 2):
+            raise DataError(f"a {self.task} task needs at least 2 classes (tokens), got {self.num_classes}")
         if self.task == "regression" and self.num_classes is not None:
             raise ConfigError("a regression task has num_classes=None, "
                               f"got {self.num_classes}")

@@ -14,7 +14,7 @@ from distml.errors import ConfigError, DataError
 from distml.partition.base import PARTITIONS, rng
 
 # distinct stream tags so two partitioners never share random numbers
-_SHUFFLE, _SAMPLE, _DIRICHLET = 0x5F1, 0x5A2, 0xD13
+_SHUFFLE, _SAMPLE, _DIRICHLET, _CONTIGUOUS = 0x5F1, 0x5A2, 0xD13, 0xC07
 
 
 def check_rank(n: int, rank: int, world: int) -> None:
@@ -77,6 +77,37 @@ class ShuffleSplit(SamplePartition):
         if self.reshuffle == "shard":
             shard = shard[rng(seed, _SHUFFLE, epoch, rank + 1).permutation(size)]
         return shard.astype(np.int64)
+
+
+@PARTITIONS.register("contiguous", summary="rank r reads the r-th contiguous stretch of the data "
+                     "in order (e.g. consecutive text windows); optionally reshuffled inside it")
+class Contiguous(ShuffleSplit):
+    """Contiguous stretches: rank r reads samples ``[r·n/world, (r+1)·n/world)`` in order.
+
+    Shuffle-and-split without the shuffle. For ordered data such as the windows of a
+    token stream (partition/text.py), each rank's batches are then consecutive windows
+    of its own stretch of text; the last ``n % world`` samples are dropped.
+
+    Args:
+        reshuffle: "none" (the stretch in order every epoch) or "shard" (the same stretch,
+            its samples in a new order each epoch).
+
+    Raises:
+        ConfigError: an unknown ``reshuffle``.
+    """
+
+    MODES = ("none", "shard")
+
+    def __init__(self, reshuffle: str = "none"):
+        super().__init__(reshuffle)
+
+    def indices(self, n, rank, world, epoch, seed, labels=None):
+        check_rank(n, rank, world)
+        size = n // world
+        shard = np.arange(rank * size, (rank + 1) * size, dtype=np.int64)
+        if self.reshuffle == "shard":
+            shard = shard[rng(seed, _CONTIGUOUS, epoch, rank + 1).permutation(size)]
+        return shard
 
 
 @PARTITIONS.register("random_sampling", summary="each rank draws i.i.d. samples with replacement "

@@ -18,6 +18,7 @@ log = logging.getLogger("distml")
 SUMMARY_KEYS = ("test_accuracy", "test_loss", "train_loss", "steps", "wall_seconds", "bytes_sent",
                 "bytes_received", "compute_seconds", "comm_seconds", "wait_seconds",
                 "time_to_target", "algorithm", "workers")
+LM_KEYS = ("bits_per_token", "perplexity", "test_tokens")   # language-modelling runs only
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -192,6 +193,8 @@ def summarize(per_rank: list[dict[str, Any]], final_eval: dict[str, Any], *, alg
     """Build ``summary.json`` from every rank's totals (gathered at the end of the run).
 
     Byte totals are summed over workers; compute/comm/wait seconds are per-worker means.
+    A language model's final evaluation also gives ``bits_per_token``, ``perplexity``
+    and ``test_tokens`` (``test_loss`` is then nats per token).
     """
     n = len(per_rank)
     losses = [r["train_loss"] for r in per_rank if r.get("train_loss") is not None]
@@ -215,6 +218,9 @@ def summarize(per_rank: list[dict[str, Any]], final_eval: dict[str, Any], *, alg
                              and per_rank[0].get("steps_this_run") else None),
         "per_rank": per_rank,
     }
+    for key in LM_KEYS:
+        if key in final_eval:
+            summary[key] = clean_float(final_eval[key]) if key != "test_tokens" else final_eval[key]
     if extra:
         summary.update(extra)
     return summary
