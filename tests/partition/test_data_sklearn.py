@@ -36,3 +36,30 @@ def test_split_deterministic_by_seed():
 def test_unknown_dataset():
     with pytest.raises(ConfigError, match="unknown sklearn dataset 'mnist'; bundled: digits"):
         SOURCES.build({"name": "sklearn", "dataset": "mnist"})
+
+
+def test_digits_as_images_are_the_same_pixels_in_8x8():
+    flat = SOURCES.build({"name": "sklearn", "dataset": "digits", "standardize": False}, seed=0)
+    img = SOURCES.build({"name": "sklearn", "dataset": "digits", "standardize": False,
+                         "images": True}, seed=0)
+    assert img.info.input_shape == (1, 8, 8)
+    idx = np.arange(5)
+    xf, yf = flat.train().take(idx)
+    xi, yi = img.train().take(idx)
+    assert xi.shape == (5, 1, 8, 8) and torch.equal(yf, yi)
+    import sklearn.datasets
+    raw = sklearn.datasets.load_digits()
+    assert torch.equal(xi[:, 0], torch.as_tensor(raw.images[flat.train().rows[:5]], dtype=torch.float32))
+    assert torch.equal(xi.reshape(5, -1), xf)
+
+
+def test_images_only_for_digits():
+    with pytest.raises(ConfigError, match="images = true applies to digits"):
+        SOURCES.build({"name": "sklearn", "dataset": "wine", "images": True})
+
+
+def test_standardized_digit_images_equal_the_standardized_table():
+    flat = SOURCES.build({"name": "sklearn", "dataset": "digits"}, seed=0)
+    img = SOURCES.build({"name": "sklearn", "dataset": "digits", "images": True}, seed=0)
+    idx = np.arange(len(img.test()))
+    assert torch.allclose(img.test().take(idx)[0].reshape(len(idx), -1), flat.test().take(idx)[0])

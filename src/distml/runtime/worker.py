@@ -113,62 +113,75 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
             log.info("gloo threads placed: %s", placed)
     arm_crash(config.faults, rank)      # [faults] crash: tests of failure detection
     try:
-        resume, restarts, resume_step = job.resume, job.restarts, None
-        if job.resume or job.elastic:   # before any other collective: every rank takes part
-            resume_step, restarts = agree_on_resume(
-                transport, Checkpoints(out_dir / "checkpoints", rank), job.restarts)
-            resume = job.resume or (restarts > 0 and resume_step is not None)
-            if job.resume and resume_step is None:
-                raise CheckpointError(f"--resume: rank 0 found no committed checkpoint in "
-                                      f"{out_dir}/checkpoints")
-        parts.algorithm.setup(parts.model, parts.optimizer, transport)
-        torch.manual_seed(config.seed * 100003 + rank)    # dropout etc. differ across ranks
-        loop = TrainLoop(config, parts, transport, out_dir, device)
-        if resume:
-            loop.checkpoints.pin(resume_step)
-            log.info("resuming from rank 0's checkpoint at step %d (restarts so far: %d)",
-                     resume_step, restarts)
-        loop.resume_requested, loop.stop_after = resume, job.stop_after
-        if parts.algorithm.owns_loop:
-            result = parts.algorithm.run(loop)
-        else:
-            result = loop.run(resume=resume, stop_after=job.stop_after)
-        totals = {"rank": rank, "steps": result.steps, "steps_this_run": result.steps_this_run,
-                  "wall_seconds_this_run": result.wall_seconds - loop.wall_before,   # after --resume
-                  "train_loss": result.train_loss,
-                  "compute_seconds": result.clock.compute, "comm_seconds": result.clock.comm,
-                  "wait_seconds": result.clock.wait,
-                  "bytes_sent": transport.stats.bytes_sent,
-                  "bytes_received": transport.stats.bytes_received,
-                  "messages": transport.stats.messages,
-                  "ops": transport.stats.snapshot()["ops"]}
-        totals.update(parts.algorithm.rank_metrics())   # e.g. role, staleness, server counters (ps)
-        all_ranks = transport.all_gather_json(totals)
-        # servers (ps) are not workers: totals and means are over workers (DESIGN.md §5)
-        per_rank = [r for r in all_ranks if r.get("role", "worker") == "worker"]
-        if rank == 0 and result.completed:
-            summary = summarize(per_rank, result.final_eval, algorithm=config.algorithm.name,
-                                workers=len(per_rank), wall_seconds=result.wall_seconds,
-                                time_to_target=result.time_to_target,
-                                extra={"name": config.name, "backend": backend,
-                                       "device": str(device), "target_accuracy":
-                                       config.train.target_accuracy, "completed": True,
-                                       "restarts": restarts, "restart_log": job.restart_log,
-                                       "algorithm_metrics": loop.algorithm_metrics,
-                                       **parts.algorithm.summary_extra(all_ranks)})
-            save_torch_atomic(out_dir / "model.pt", parts.algorithm.eval_model().state_dict())
-            write_json_atomic(out_dir / "summary.json", summary)
-            (out_dir / "stopped.json").unlink(missing_ok=True)     # an earlier --stop-after's marker
-        elif rank == 0:
-            write_json_atomic(out_dir / "stopped.json", {"step": result.steps, "completed": False})
-        log.info("finished at step %d", result.steps)
-        parts.algorithm.close()
-        del parts, loop
+        train_joined(rank, config, parts, transport, job, device, backend)
+        del parts
         gc.collect()
         transport.close()
     except BaseException:
         Transport.abort()
         raise
+
+
+def train_joined(rank: int, config: RunConfig, parts, transport: Transport, job: WorkerJob,
+                 device: torch.device, backend: str) -> None:
+    """Train ``parts`` as ``rank`` of the world ``transport`` has joined, and write the results.
+
+    Everything a worker does between joining and leaving: resume agreement, the
+    algorithm's setup, the loop, the summary and ``model.pt`` (rank 0). The world stays
+    joined afterwards, so a caller may train another config in it (the compatibility
+    matrix test does) before it closes the transport.
+    """
+    out_dir = Path(job.out_dir)
+    resume, restarts, resume_step = job.resume, job.restarts, None
+    if job.resume or job.elastic:   # before any other collective: every rank takes part
+        resume_step, restarts = agree_on_resume(
+            transport, Checkpoints(out_dir / "checkpoints", rank), job.restarts)
+        resume = job.resume or (restarts > 0 and resume_step is not None)
+        if job.resume and resume_step is None:
+            raise CheckpointError(f"--resume: rank 0 found no committed checkpoint in "
+                                  f"{out_dir}/checkpoints")
+    parts.algorithm.setup(parts.model, parts.optimizer, transport)
+    torch.manual_seed(config.seed * 100003 + rank)    # dropout etc. differ across ranks
+    loop = TrainLoop(config, parts, transport, out_dir, device)
+    if resume:
+        loop.checkpoints.pin(resume_step)
+        log.info("resuming from rank 0's checkpoint at step %d (restarts so far: %d)",
+                 resume_step, restarts)
+    loop.resume_requested, loop.stop_after = resume, job.stop_after
+    if parts.algorithm.owns_loop:
+        result = parts.algorithm.run(loop)
+    else:
+        result = loop.run(resume=resume, stop_after=job.stop_after)
+    totals = {"rank": rank, "steps": result.steps, "steps_this_run": result.steps_this_run,
+              "wall_seconds_this_run": result.wall_seconds - loop.wall_before,   # after --resume
+              "train_loss": result.train_loss,
+              "compute_seconds": result.clock.compute, "comm_seconds": result.clock.comm,
+              "wait_seconds": result.clock.wait,
+              "bytes_sent": transport.stats.bytes_sent,
+              "bytes_received": transport.stats.bytes_received,
+              "messages": transport.stats.messages,
+              "ops": transport.stats.snapshot()["ops"]}
+    totals.update(parts.algorithm.rank_metrics())   # e.g. role, staleness, server counters (ps)
+    all_ranks = transport.all_gather_json(totals)
+    # servers (ps) are not workers: totals and means are over workers (DESIGN.md §5)
+    per_rank = [r for r in all_ranks if r.get("role", "worker") == "worker"]
+    if rank == 0 and result.completed:
+        summary = summarize(per_rank, result.final_eval, algorithm=config.algorithm.name,
+                            workers=len(per_rank), wall_seconds=result.wall_seconds,
+                            time_to_target=result.time_to_target,
+                            extra={"name": config.name, "backend": backend,
+                                   "device": str(device), "target_accuracy":
+                                   config.train.target_accuracy, "completed": True,
+                                   "restarts": restarts, "restart_log": job.restart_log,
+                                   "algorithm_metrics": loop.algorithm_metrics,
+                                   **parts.algorithm.summary_extra(all_ranks)})
+        save_torch_atomic(out_dir / "model.pt", parts.algorithm.eval_model().state_dict())
+        write_json_atomic(out_dir / "summary.json", summary)
+        (out_dir / "stopped.json").unlink(missing_ok=True)     # an earlier --stop-after's marker
+    elif rank == 0:
+        write_json_atomic(out_dir / "stopped.json", {"step": result.steps, "completed": False})
+    log.info("finished at step %d", result.steps)
+    parts.algorithm.close()
 
 
 def run_worker_process(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
