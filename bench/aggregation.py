@@ -33,7 +33,7 @@ every run in fresh worker processes; medians over ``--repeats`` are reported.
     python bench/aggregation.py                  # the documented run, 9 repeats (docs/benchmarks.md)
     python bench/aggregation.py --quick          # smoke check: 1 round, 1 repeat, same code path
 
-Ends by printing one JSON line (DESIGN.md §5)::
+Ends by printing one JSON line (docs/design.md §5)::
 
     {"bench": "aggregation", "accuracy": {method: median}, "bytes": {method: median},
      "ec_minus_ma": points, "rounds": R, "repeats": N, ...}

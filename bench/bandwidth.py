@@ -5,13 +5,13 @@ at ``--rate`` (100 Mbit/s by default) with tc tbf; one worker per host, started 
 torchrun with c10d rendezvous (as on a cluster). Fashion-MNIST, the MLP 784-512-512-10,
 momentum SGD, batch 64 per worker. Every configuration trains until rank 0's test
 accuracy reaches ``--target`` (evaluation every ``--eval-every`` steps, its time
-excluded from the clock, DESIGN.md §5); ``time_to_target`` comes from summary.json.
+excluded from the clock, docs/design.md §5); ``time_to_target`` comes from summary.json.
 Needs root (namespaces); deletes everything it creates.
 
     python bench/bandwidth.py                  # the documented run: 100mbit, target 0.84
     python bench/bandwidth.py --quick          # smoke check: target 0.75, same code path
 
-Ends with one JSON line (DESIGN.md §5)::
+Ends with one JSON line (docs/design.md §5)::
 
     {"bench": "bandwidth", "speedup": ..., "best": "...", "time_to_target": {...}}
 

@@ -24,7 +24,7 @@ many rounds.
     python bench/cocoa.py                  # the documented run (docs/benchmarks.md)
     python bench/cocoa.py --quick          # smoke check: same code path, 200-round cap, one H
 
-Ends by printing one JSON line (DESIGN.md §5)::
+Ends by printing one JSON line (docs/design.md §5)::
 
     {"bench": "cocoa", "round_reduction": ..., ...}
 

@@ -17,7 +17,7 @@ momentum correction and masking (``sync_sgd`` options; the ``_nodgc`` rows witho
     python bench/compression.py --methods all     # also the diagnostics
     python bench/compression.py --quick           # smoke check: 1 seed, 0.5 epoch, same path
 
-Ends with one JSON line (DESIGN.md §5)::
+Ends with one JSON line (docs/design.md §5)::
 
     {"bench": "compression", "bytes_reduction": {...}, "accuracy_drop": {...}, "best": ...,
      "cnn": {"bytes_reduction": {...}, "accuracy_drop": {...}, ...}}

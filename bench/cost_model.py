@@ -17,7 +17,7 @@ not the network. Methods: ``sync_sgd`` (fp32 ring all-reduce) and ``sync_sgd`` w
 
 **Measured step time** = on rank 0, the median over logging intervals (``log_every``
 steps each; the first interval is warm-up and dropped) of Δ wall seconds / Δ steps from
-``events-rank0.jsonl``. Wall seconds exclude evaluation (DESIGN.md §5); the run evaluates
+``events-rank0.jsonl``. Wall seconds exclude evaluation (docs/design.md §5); the run evaluates
 only at its end. With ``--repeats R`` every configuration (profiles included) runs R
 times, interleaved; the figure is the median of the R measurements, and the prediction
 the median of the R profiles' predictions. Relative error = |predicted − measured| /
@@ -26,7 +26,7 @@ measured. Needs root (namespaces); deletes everything it creates.
     python bench/cost_model.py --repeats 3     # the documented run (~15 min)
     python bench/cost_model.py --quick         # smoke check: 200mbit, 3 workers, same path
 
-Ends with one JSON line (DESIGN.md §5)::
+Ends with one JSON line (docs/design.md §5)::
 
     {"bench": "cost_model", "max_relative_error": ..., "errors": {...}, ...}
 """

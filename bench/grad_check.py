@@ -2,7 +2,7 @@
 
 distml checks the loss every step and the parameters at each checkpoint and at the end,
 not the gradients every step; this measures the check it leaves out, on the MLP of
-DESIGN.md §6 (784-512-512-10, batch 64, SGD with momentum, 1 thread): one fused pass
+docs/design.md §6 (784-512-512-10, batch 64, SGD with momentum, 1 thread): one fused pass
 (``torch._foreach_norm`` over all gradients, then one finiteness test) between backward
 and the optimizer step. Plain and checked steps run in interleaved rounds; the overhead
 is the median over rounds of (checked step time / plain step time − 1). Times are this
@@ -12,7 +12,7 @@ inflates them less than it would wall-clock times.
     python bench/grad_check.py              # the documented run: 15 rounds of 200 steps
     python bench/grad_check.py --quick      # smoke check: 2 rounds of 20 steps
 
-Ends by printing one JSON line (DESIGN.md §5)::
+Ends by printing one JSON line (docs/design.md §5)::
 
     {"bench": "grad_check", "step_ms": ..., "overhead_median": ..., "rounds": ...}
 """

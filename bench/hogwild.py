@@ -13,7 +13,7 @@ Runs are interleaved (1 then 2 processes, per repeat), every run in fresh proces
     python bench/hogwild.py --repeats 5      # the documented run (docs/benchmarks.md)
     python bench/hogwild.py --quick          # smoke check: same code path, smaller data
 
-Ends by printing one JSON line (DESIGN.md §5)::
+Ends by printing one JSON line (docs/design.md §5)::
 
     {"bench": "hogwild", "speedup": ..., "loss_gap": ..., "repeats": R, ...}
 

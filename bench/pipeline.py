@@ -34,7 +34,7 @@ throughput ∝ M/(M+K−1) (relative to M = 1: 2M/(M+1) for K = 2).
     python bench/pipeline.py --repeats 3        # the documented run (docs/benchmarks.md)
     python bench/pipeline.py --quick            # smoke check: same code path, smaller model
 
-Ends by printing one JSON line (DESIGN.md §5)::
+Ends by printing one JSON line (docs/design.md §5)::
 
     {"bench": "pipeline", "bubble": {M: ...}, "predicted": {M: ...}, "max_abs_error": ..., ...}
 

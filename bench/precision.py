@@ -12,7 +12,7 @@ autocast adds casts, and only CPUs with bf16 instructions run the kernels faster
     python bench/precision.py              # 1 epoch
     python bench/precision.py --quick      # smoke check: 60 steps, same code path
 
-Ends by printing one JSON line (DESIGN.md §5) with ``bf16_minus_fp32`` (points),
+Ends by printing one JSON line (docs/design.md §5) with ``bf16_minus_fp32`` (points),
 ``fp32_accuracy``, ``bf16_accuracy`` and ``bf16_over_fp32_wall``.
 """
 

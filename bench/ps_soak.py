@@ -30,7 +30,7 @@ The server prints progress every ``--progress-s`` seconds. Not run in CI::
     python bench/ps_soak.py --quick                  # about 30 s, same code path
     python bench/ps_soak.py --minutes 3
 
-Ends with one JSON line (DESIGN.md §5): ``{"bench": "ps_soak", ...}``.
+Ends with one JSON line (docs/design.md §5): ``{"bench": "ps_soak", ...}``.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ tensor between the same two processes), in the same run.
     python bench/stragglers.py --repeats 3      # the documented run (docs/benchmarks.md)
     python bench/stragglers.py --quick          # smoke check: same code path, lower target
 
-Ends by printing one JSON line (DESIGN.md §5) with ``backup_vs_bsp_persistent``,
+Ends by printing one JSON line (docs/design.md §5) with ``backup_vs_bsp_persistent``,
 ``asp_vs_bsp_persistent``, ``ssp_vs_bsp_persistent``, ``ssp_vs_bsp_transient``,
 ``ssp_vs_bsp_calm`` (ratios of median times to target; SSP means s = 4) and
 ``ps_vs_raw_bandwidth``.

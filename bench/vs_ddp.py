@@ -13,7 +13,7 @@ peak resident memory (``ru_maxrss``) is its own.
     python bench/vs_ddp.py --quick              # smoke check: same code path, fewer steps
     python bench/vs_ddp.py --models resnet,transformer_lm   # the two larger architectures
 
-Ends by printing one JSON line (DESIGN.md §5)::
+Ends by printing one JSON line (docs/design.md §5)::
 
     {"bench": "vs_ddp", "mlp_ratio": ..., "cnn_ratio": ..., "mlp_mem_ratio": ...,
      "cnn_mem_ratio": ..., "repeats": R, ...}
@@ -156,7 +156,7 @@ def worker(args) -> None:
         Path(args.params_out).parent.mkdir(parents=True, exist_ok=True)
         torch.save(flat, args.params_out)
 
-    # teardown in the order that is clean on gloo (DESIGN.md §6)
+    # teardown in the order that is clean on gloo (docs/design.md §6)
     if algo is not None:
         algo.close()
     del net, model, opt, algo

@@ -1,4 +1,4 @@
-"""Which algorithms take which codecs is decided at config time (DESIGN.md §3.1)."""
+"""Which algorithms take which codecs is decided at config time (docs/design.md §3.1)."""
 
 import pytest
 

@@ -102,7 +102,7 @@ WIRE = ["comm/ps", "algorithms/ps.py", "algorithms/gossip.py", "algorithms/admm_
 
 
 def test_ps_and_gossip_wire_carries_tensors_only():
-    """DESIGN.md §4: no pickle on the wire. No module of the parameter server or gossip imports
+    """docs/design.md §4: no pickle on the wire. No module of the parameter server or gossip imports
     a serializer or calls torch's ``*_object*`` collectives (which pickle)."""
     src = REPO / "src" / "distml"
     files = [f for w in WIRE for f in ((src / w).rglob("*.py") if (src / w).is_dir() else [src / w])

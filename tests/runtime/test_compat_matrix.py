@@ -46,8 +46,8 @@ MODELS = {
                DIGIT_IMAGES, IMAGE_OPTIM),
     "resnet": ({"name": "resnet", "depth": 8, "width": 4}, DIGIT_IMAGES, IMAGE_OPTIM),
     "transformer_lm": ({"name": "transformer_lm", "d_model": 32, "n_layers": 2, "n_heads": 2,
-                        "d_ff": 64, "context": 32},
-                       {"name": "text", "context": 32, "max_bytes": 200_000},
+                        "d_ff": 64},
+                       {"name": "text", "context": 32, "max_bytes": 60_000},
                        {"name": "adamw", "lr": 3e-3}),
 }
 PRECISIONS = ("fp32", "bf16")
@@ -157,7 +157,7 @@ def test_cell_trains_or_is_refused(cell, matrix):
         return
     out: Path = result["out"]
     errors = sorted(out.glob("error-rank*.txt"))
-    assert not errors, errors[0].read_text()[-3000:]
+    assert not errors, "\n".join(f"{e.name}: {e.read_text()[-1500:]}" for e in errors)
     summary_file = out / "summary.json"
     assert summary_file.exists(), (f"cell did not finish (world exit {result['world_rc']}): "
                                    f"{result['world_stderr']}")

@@ -1,4 +1,4 @@
-"""2-worker synchronous SGD equals single-process SGD on the concatenated batch (DESIGN.md §3).
+"""2-worker synchronous SGD equals single-process SGD on the concatenated batch (docs/design.md §3).
 
 The comparison runs in float64: in float32 the CNN's two mathematically equal sums
 (mean of two half-batch gradients vs the gradient of the whole batch) round differently,

@@ -1,7 +1,7 @@
 """Ensembles of equally shaped models: probability averaging and majority voting.
 
 Reference: Dietterich 2000, "Ensemble methods in machine learning"; the output
-sum/average and majority voting of DESIGN.md §2.5 (scikit-learn's ``VotingClassifier``
+sum/average and majority voting of docs/design.md §2.5 (scikit-learn's ``VotingClassifier``
 ``soft`` and ``hard`` voting, except that a tied vote goes to the tied class with the
 highest mean probability instead of the lowest index).
 """

@@ -1,7 +1,7 @@
 """The parameter server's update rules: what a server does with the pushes of a round.
 
 Injected into :class:`~distml.comm.ps.ServerLoop` (the server loop knows only messages,
-clocks and the pace; DESIGN.md §4). Each rule applies ``total`` (the sum of ``count``
+clocks and the pace; docs/design.md §4). Each rule applies ``total`` (the sum of ``count``
 pushes) to its shard in place and keeps its own checkpointable state.
 
 References: Dean et al. 2012 (Downpour SGD: the server runs the optimizer on pushed
@@ -11,6 +11,7 @@ gradients); Li et al. 2014 (the parameter server); Zhang & Kwok 2014 and Chang e
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ class OptimizerRule:
         self.workers, self.synchronous = workers, synchronous
         self.param = nn.Parameter(shard)
         try:
-            self.opt = type(like)([self.param], **like.defaults)
+            self.opt = type(like)([self.param], **_constructor_args(like))
         except TypeError as e:
             raise ConfigError(f"optimizer {type(like).__name__} cannot run on a parameter server "
                               f"({e}); use sgd, momentum, nesterov, adam, adamw, adagrad or rmsprop")
@@ -97,3 +98,11 @@ class ConsensusRule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.total.copy_(state["total"])
+
+
+def _constructor_args(optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's hyper-parameters that its constructor takes: ``defaults`` may also
+    hold derived entries (torch 2.13's AdamW records ``decoupled_weight_decay``, which
+    ``AdamW()`` refuses), so only the constructor's own keywords are passed on."""
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    return {k: v for k, v in optimizer.defaults.items() if k in accepted}

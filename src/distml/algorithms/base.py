@@ -1,4 +1,4 @@
-"""The contract between the runtime and an algorithm (DESIGN.md §3).
+"""The contract between the runtime and an algorithm (docs/design.md §3).
 
 Every hook the runtime calls is declared on :class:`Algorithm` with a docstring and a
 default; the runtime calls them directly (it never probes with ``getattr``). Two shapes
@@ -80,7 +80,7 @@ LOOP_STEP = dict(precisions=("fp32", "bf16", "fp16"), accumulation=True, clippin
 class Algorithm:
     """Base class: every hook has a default, so an algorithm overrides only what it needs.
 
-    Lifecycle (worker loop): ``check_config`` and ``prepare_model`` while building,
+    Lifecycle (worker loop): ``check_config``, ``check_data`` and ``prepare_model`` while building,
     ``setup`` once, then per step ``loss_terms`` → backward → ``after_backward`` →
     optimizer step → ``after_step``; at every evaluation point ``at_eval`` on every rank
     and ``eval_model`` on rank 0; ``on_train_end`` after the last step; ``rank_metrics``
@@ -107,6 +107,11 @@ class Algorithm:
 
     def check_config(self, config) -> None:
         """Refuse (``ConfigError``, one line) what does not compose with this algorithm;
+        called while building, before any process starts."""
+
+    def check_data(self, info, online: bool) -> None:
+        """Refuse (``ConfigError``, one line) data this algorithm cannot train on (``info``:
+        the source's task, classes and input shape; ``online``: an endless stream);
         called while building, before any process starts."""
 
     def prepare_model(self, model: nn.Module) -> nn.Module:

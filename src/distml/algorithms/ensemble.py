@@ -1,6 +1,6 @@
 """Ensemble of the workers' models: independent local training, combined outputs.
 
-Reference: Dietterich 2000, "Ensemble methods in machine learning"; DESIGN.md §2.5
+Reference: Dietterich 2000, "Ensemble methods in machine learning"; docs/design.md §2.5
 (output average and majority voting). Workers train on their own shards without
 communicating; at every evaluation point they all-gather their models once and the
 ensemble (:class:`~distml.aggregate.ensemble.Ensemble`: probability average, or

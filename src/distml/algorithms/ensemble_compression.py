@@ -83,14 +83,16 @@ class EnsembleCompression(Algorithm):
         super().setup(model, optimizer, transport)
         broadcast_module(model, transport)
 
-    def run(self, loop):
-        p = loop.parts
-        if not loop.classification:
+    def check_data(self, info, online: bool) -> None:
+        if info.task != "classification":
             raise ConfigError("ensemble_compression distils class probabilities: it needs a "
-                              "classification data set")
-        if not hasattr(p.loader, "indices"):
+                              f"classification data set, got a {info.task} task")
+        if online:
             raise ConfigError("ensemble_compression relabels the local shard: it needs an "
                               "offline data set (an online source has no fixed shard)")
+
+    def run(self, loop):
+        p = loop.parts
         self._loader = p.loader
         self._to_device = loop.to_device
         self._steps_per_epoch, self._seed = p.steps_per_epoch, loop.config.seed

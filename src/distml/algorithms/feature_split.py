@@ -1,6 +1,6 @@
 """Feature-partitioned (model-parallel) linear models: each worker owns a block of columns.
 
-The dimension partition of DESIGN.md §2.1 (block coordinate descent as in the dmlc
+The dimension partition of docs/design.md §2.1 (block coordinate descent as in the dmlc
 parameter server, Li et al. 2014; proxCoCoA+, Smith et al. 2015): worker k holds only
 the columns ``X[:, J_k]`` of the training set (:class:`~distml.partition.FeatureSplit`)
 and the matching block ``W[:, J_k]`` of the weights. Each step the partial margins

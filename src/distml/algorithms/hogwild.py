@@ -145,15 +145,24 @@ class Hogwild(Algorithm):
 
     @torch.no_grad()
     def _final_loss(self, loop) -> float:
-        """The loss of the final model on the training set (offline) or the test set (online)."""
+        """The loss of the final model on the training set (offline) or the test set (online).
+
+        In eval mode: a forward in train mode would move BatchNorm's running statistics
+        after the final evaluation, and ``model.pt`` would no longer be the evaluated model.
+        """
         p = loop.parts
         data = p.source.test() if p.source.online else p.source.train()
         total, count = 0.0, 0
-        for start in range(0, len(data), 4096):
-            x, y = data.take(torch.arange(start, min(start + 4096, len(data))).numpy())
-            x, y = loop.to_device(x), loop.to_device(y)
-            total += float(p.loss_fn(p.model(x), y)) * len(y)
-            count += len(y)
+        was_training = p.model.training
+        p.model.eval()
+        try:
+            for start in range(0, len(data), 4096):
+                x, y = data.take(torch.arange(start, min(start + 4096, len(data))).numpy())
+                x, y = loop.to_device(x), loop.to_device(y)
+                total += float(p.loss_fn(p.model(x), y)) * len(y)
+                count += len(y)
+        finally:
+            p.model.train(was_training)
         return total / count
 
 

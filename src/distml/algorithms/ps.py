@@ -6,7 +6,7 @@ Learning with the Parameter Server", OSDI 2014; Ho et al., NIPS 2013 (SSP); Chen
 "Revisiting Distributed Synchronous SGD", 2016 (backup workers).
 
 Ranks ``0 … workers−1`` train (rank 0 evaluates), ranks ``workers … workers+servers−1``
-each serve one key range of the flat parameter vector (DESIGN.md §4). The server loop
+each serve one key range of the flat parameter vector (docs/design.md §4). The server loop
 (``comm/ps``) knows only messages, clocks and the pace; the update rule is injected
 here: the configured optimizer stepping on the shard (gradient pushes) or averaging
 (model-delta pushes). With ``[comm] codec`` (any Compressor) each shard of a push is

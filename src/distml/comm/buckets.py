@@ -1,6 +1,6 @@
 """Gradient buckets: group parameters into flat buffers so one message carries many tensors.
 
-Few large messages beat many small ones on gloo (DESIGN.md §6: one async all-reduce per
+Few large messages beat many small ones on gloo (docs/design.md §6: one async all-reduce per
 tensor is 10–25 % slower than one flat all-reduce), while several buckets let the first
 ones travel while backward is still producing the rest.
 """

@@ -1,4 +1,4 @@
-"""Pace rules: when may a worker that reached clock ``c`` see the model (DESIGN.md §2.4, §4).
+"""Pace rules: when may a worker that reached clock ``c`` see the model (docs/design.md §2.4, §4).
 
 Small pure objects, so the parameter server (and anything else that holds workers back)
 decides with them and the rules are unit-tested in one process.

@@ -6,7 +6,7 @@ into a :class:`~distml.errors.PeerError` instead of a hang. Algorithms never imp
 ``torch.distributed``; the model-parallel ones may take :attr:`Transport.group` for
 torch's own pipelining / tensor-parallel modules.
 
-Bytes follow DESIGN.md §5: ``sent`` is the payload a rank hands to the transport (its
+Bytes follow docs/design.md §5: ``sent`` is the payload a rank hands to the transport (its
 all-reduce input, its sends), ``received`` is what it gets back; the collective's
 internal ring traffic is not counted here.
 """
@@ -50,7 +50,7 @@ class CommStats:
 
     ``comm_seconds`` is time inside transport calls (including waits on async
     handles); ``wait_seconds`` is time blocked on a peer or a pace rule outside a
-    collective (barriers, held pulls), reported separately per DESIGN.md §5.
+    collective (barriers, held pulls), reported separately per docs/design.md §5.
     """
 
     ops: dict[str, OpStats] = field(default_factory=dict)
@@ -66,7 +66,7 @@ class CommStats:
 
     def as_wait(self, op: str, seconds: float) -> None:
         """Count ``seconds`` of ``op``'s time as waiting: a peer held the answer on purpose
-        (a parameter server's pace rule), which is wait, not communication (DESIGN.md §5)."""
+        (a parameter server's pace rule), which is wait, not communication (docs/design.md §5)."""
         s = self.ops.get(op)
         moved = min(max(seconds, 0.0), s.seconds) if s is not None else 0.0
         if moved > 0:
@@ -151,7 +151,7 @@ class Transport:
         group: a torch process group; None means the default (world) group.
         stats: counters to add to (subgroups share their parent's).
         latency_ms: extra delay injected before every message, to emulate a slow
-            network (netem is not available on our hosts, DESIGN.md §6).
+            network (netem is not available on our hosts, docs/design.md §6).
     """
 
     def __init__(self, rank: int, world_size: int, timeout_s: float = 60.0, group=None,
@@ -230,7 +230,7 @@ class Transport:
         return dist.get_backend() if dist.is_initialized() else "none"
 
     def close(self) -> None:
-        """Leave the world with the sequence that was clean in 18/18 runs (DESIGN.md §6).
+        """Leave the world with the sequence that was clean in 18/18 runs (docs/design.md §6).
 
         The caller drops its model/optimizer references first; a final barrier makes
         sure no peer is still inside a collective when the group is destroyed.

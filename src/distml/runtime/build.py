@@ -120,7 +120,7 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
         raise ConfigError("an online data source needs data.samples_per_epoch (the length of "
                           "one epoch), e.g. --set data.samples_per_epoch=20000")
     algorithm = build_algorithm(config, rank)
-    # roles (DESIGN.md §4): when the algorithm starts more processes than workers (servers),
+    # roles (docs/design.md §4): when the algorithm starts more processes than workers (servers),
     # ranks 0..workers-1 train on the data and the others build no data loader
     processes = algorithm.launch_size(config.workers)
     if processes > MAX_PROCESSES:
@@ -129,6 +129,7 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
     if processes != config.workers:
         world = config.workers
     algorithm.check_config(config)
+    algorithm.check_data(info, bool(source.online))
     check_faults(config.faults, world, processes)
     partition = PARTITIONS.build(config.data.partition)
     loader = None if rank >= world else make_loader(
@@ -166,7 +167,7 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
 
 
 def build_algorithm(config: RunConfig, rank: int = 0):
-    """The run's algorithm, with its codec (combinations DESIGN.md §3.1 leaves out refused)."""
+    """The run's algorithm, with its codec (combinations docs/design.md §3.1 leaves out refused)."""
     return ALGORITHMS.build(config.algorithm.spec(), codec=_check_composition(config, rank))
 
 
@@ -202,7 +203,7 @@ def _check_step_features(config: RunConfig, algorithm, optim_name: str, whole_st
 
 
 def _check_composition(config: RunConfig, rank: int = 0):
-    """Build the run's codec and reject combinations DESIGN.md §3.1 leaves out, naming
+    """Build the run's codec and reject combinations docs/design.md §3.1 leaves out, naming
     what does compose. An algorithm takes a codec when its factory has a ``codec``
     parameter; one registered with ``codecs="compressor"`` takes no Reducer (PowerSGD is
     a multi-round collective). Returns the codec (None without ``comm.codec``)."""

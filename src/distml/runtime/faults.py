@@ -1,6 +1,6 @@
 """Injected faults: stragglers, random per-step delays, a fixed compute time, crashes.
 
-They make pace strategies comparable on one machine (DESIGN.md §2.4, issue 3). A slow
+They make pace strategies comparable on one machine (docs/design.md §2.4, issue 3). A slow
 step is emulated with a sleep *after* the step, scaled from the step's measured compute
 time (wall time minus the time inside the transport):
 

@@ -2,7 +2,7 @@
 
 The loop calls the hooks of :class:`~distml.algorithms.base.Algorithm` explicitly
 (no patching of optimizers), measures each step's compute / communication / wait time,
-evaluates on rank 0 (evaluation time is excluded from the wall clock, DESIGN.md §5),
+evaluates on rank 0 (evaluation time is excluded from the wall clock, docs/design.md §5),
 and writes checkpoints that resume bit-for-bit.
 """
 

@@ -1,4 +1,4 @@
-"""Per-rank event logs, evaluation points, TensorBoard scalars and the run summary (DESIGN.md §5)."""
+"""Per-rank event logs, evaluation points, TensorBoard scalars and the run summary (docs/design.md §5)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A slow-network test bed: hosts in network namespaces, joined by a bridge, rate-limited.
 
-DESIGN.md §6: as root, network namespaces joined by veth pairs and a bridge work; the
+docs/design.md §6: as root, network namespaces joined by veth pairs and a bridge work; the
 bridge lives in its own namespace, never in the root one; addresses exist only inside
 the namespaces; bandwidth is limited with ``tc ... tbf`` on each host's interface
 (netem is not in this kernel, so delay comes from the transport's ``latency_ms``).

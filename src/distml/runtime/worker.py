@@ -163,7 +163,7 @@ def train_joined(rank: int, config: RunConfig, parts, transport: Transport, job:
               "ops": transport.stats.snapshot()["ops"]}
     totals.update(parts.algorithm.rank_metrics())   # e.g. role, staleness, server counters (ps)
     all_ranks = transport.all_gather_json(totals)
-    # servers (ps) are not workers: totals and means are over workers (DESIGN.md §5)
+    # servers (ps) are not workers: totals and means are over workers (docs/design.md §5)
     per_rank = [r for r in all_ranks if r.get("role", "worker") == "worker"]
     if rank == 0 and result.completed:
         summary = summarize(per_rank, result.final_eval, algorithm=config.algorithm.name,

@@ -1,4 +1,4 @@
-"""Compression codecs (DESIGN.md §2.4 spatial frequency), found through ``CODECS``.
+"""Compression codecs (docs/design.md §2.4 spatial frequency), found through ``CODECS``.
 
 A Compressor is one message (compress → send → decompress) and works over any topology;
 a Reducer (PowerSGD) is a multi-round collective. :func:`build_codec` turns the

@@ -68,7 +68,7 @@ class Compressor:
 class Reducer:
     """A multi-round collective that returns the mean of ``x`` over the group (PowerSGD).
 
-    Error feedback, if any, lives inside its state (DESIGN.md §3.1).
+    Error feedback, if any, lives inside its state (docs/design.md §3.1).
     """
 
     summable = False

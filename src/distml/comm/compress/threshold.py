@@ -1,7 +1,7 @@
 """threshold: model filtering — send only the entries whose change exceeds τ.
 
 Reference: Strom 2015 ("Scalable Distributed DNN Training Using Commodity GPU Cloud
-Computing": threshold quantization with residual accumulation); DESIGN.md §2.4.
+Computing": threshold quantization with residual accumulation); docs/design.md §2.4.
 The payload's length varies from round to round (``fixed_size = False``): the reduction
 helper exchanges lengths first and pads the all-gather to the longest.
 """

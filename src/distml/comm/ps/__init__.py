@@ -1,6 +1,6 @@
 """Parameter server: tensor-only wire format, sharded server loop, client with push/pull handles.
 
-See DESIGN.md §4 and docs/parameter_server.md.
+See docs/design.md §4 and docs/parameter_server.md.
 """
 
 from distml.comm.ps.client import PSClient, PullHandle, PullResult, PushHandle

@@ -56,7 +56,7 @@ class PullHandle:
                 if r.op != REPLY:
                     raise PeerError(f"parameter server sent op {r.op} instead of a pull reply")
             held = max(r.arg1 for r in replies) / 1e6
-            # time a pace rule held the reply is waiting, not communication (DESIGN.md §5)
+            # time a pace rule held the reply is waiting, not communication (docs/design.md §5)
             self._client.t.stats.as_wait("recv", held)
             self._result = PullResult(clock=min(r.clock for r in replies),
                                       staleness=max(r.arg0 for r in replies), held_seconds=held,

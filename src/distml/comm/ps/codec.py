@@ -1,6 +1,6 @@
 """Compressed parameter-server pushes: any Compressor (one message) on each shard of a push.
 
-DESIGN.md §3.1: a Compressor is one message (compress → send → decompress), so it works
+docs/design.md §3.1: a Compressor is one message (compress → send → decompress), so it works
 over the parameter server. The worker compresses each shard of a push with that shard's
 own codec state — error feedback's residual stays on the worker — and sends the payload
 as one uint8 message (:func:`~distml.comm.ps.wire.pack_tensors`: tensors only, no

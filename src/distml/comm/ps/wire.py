@@ -1,6 +1,6 @@
 """The parameter server's wire format: a fixed int64 header, then a tensor payload.
 
-No pickle on the wire (DESIGN.md §4). Every message is one ``HEADER_LEN`` int64 tensor
+No pickle on the wire (docs/design.md §4). Every message is one ``HEADER_LEN`` int64 tensor
 on :data:`TAG_HEADER` (requests) or :data:`TAG_REPLY` (replies); messages that carry
 numbers (push, pull reply) are followed by the payload on the matching payload tag.
 The server receives headers from any source and then the payload from that sender:
