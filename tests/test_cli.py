@@ -48,3 +48,17 @@ def test_examples_missing_files_name_the_command_that_makes_them(tmp_path, monke
     other.write_text("[data]\nsource = { name = 'csv', path = 'nope.csv' }\n")
     rc, out, err = cli("run", str(other), "--dry-run")
     assert rc == 2 and "not found" in err and "make_example_files" not in err
+
+
+def test_list_algorithm_shows_what_each_supports():
+    """`distml list algorithm` prints each algorithm's declared Supports and buffer policy."""
+    rc, out, _ = cli("list", "algorithm")
+    assert rc == 0
+    blocks: dict[str, str] = {}
+    for line in out.splitlines()[1:]:
+        if not line.startswith("   "):          # "  name  summary" starts an entry
+            name = line.split()[0]
+        blocks[name] = blocks.get(name, "") + line + "\n"
+    assert "supports: precision fp32/bf16/fp16; models any; buffers rank0; accumulate_steps, " \
+           "clip_grad_norm, distml.wrap" in blocks["sync_sgd"]
+    assert "supports: precision fp32; models sequential; buffers owner" in blocks["pipeline"]

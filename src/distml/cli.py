@@ -329,8 +329,22 @@ def cmd_list(args) -> int:
                 line += f"\n  {'':<20} params: {params}"
             if meta.get("paper"):
                 line += f"\n  {'':<20} paper: {meta['paper']}"
+            if kind == "algorithm":
+                line += f"\n  {'':<20} supports: {_supports_line(reg.get(name))}"
             print(line)
     return 0
+
+
+def _supports_line(algorithm) -> str:
+    """What an algorithm class declares it honours (``Supports``) and its buffer policy."""
+    from distml.algorithms import Algorithm
+    if not (isinstance(algorithm, type) and issubclass(algorithm, Algorithm)):
+        return "not declared (a factory, not an Algorithm class)"
+    s = algorithm.supports
+    extras = [w for w, on in (("accumulate_steps", s.accumulation), ("clip_grad_norm", s.clipping),
+                              ("distml.wrap", s.wrap)) if on]
+    return (f"precision {'/'.join(s.precisions)}; models {s.models}; buffers {algorithm.buffers}"
+            + (f"; {', '.join(extras)}" if extras else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
