@@ -35,7 +35,7 @@ from torch import nn
 from distml.aggregate.admm import penalty_mask
 from distml.aggregate.server_rules import ConsensusRule
 from distml.algorithms.admm import LocalADMM
-from distml.algorithms.base import Supports
+from distml.algorithms.base import LOOP_STEP, Supports
 from distml.algorithms.ps import ParameterServer, PSWorker
 from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import flatten
@@ -149,7 +149,7 @@ class AsyncADMM(ParameterServer):
     """
 
     buffers = "average"     # rank 0's at intermediate evaluations, the workers' mean at the end
-    supports = Supports(wrap=False)   # wrap: own loop
+    supports = Supports(wrap=False, precisions=LOOP_STEP["precisions"])   # workers: the standard loop
 
     def __init__(self, rho: float = 1.0, l2: float = 0.0, penalize_bias: bool = False,
                  local_steps: int = 1, quorum: int | None = None, max_delay: int = 2,

@@ -25,7 +25,7 @@ import torch
 
 from distml.aggregate.distill import distillation_loss, soft_targets
 from distml.aggregate.ensemble import Ensemble, accuracy
-from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.base import LOOP_STEP, Algorithm, Supports
 from distml.algorithms.ensemble import gather_members
 from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import broadcast_module
@@ -58,7 +58,8 @@ class EnsembleCompression(Algorithm):
 
     # the saved model is rank 0's distilled model (never averaged), with its own statistics
     buffers = "rank0"
-    supports = Supports(wrap=False)   # its own loop: fp32, no accumulation or clipping
+    # training steps run in the standard loop (autocast applies), distillation in fp32
+    supports = Supports(wrap=False, precisions=LOOP_STEP["precisions"])
 
     def __init__(self, every: int = 1, relabel_fraction: float = 1.0, temperature: float = 2.0,
                  distill_epochs: int = 1, distill_schedule: str = "constant"):

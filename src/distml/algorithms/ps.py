@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from distml.aggregate.server_rules import DeltaRule, OptimizerRule
-from distml.algorithms.base import Algorithm, Supports
+from distml.algorithms.base import LOOP_STEP, Algorithm, Supports
 from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import Bucket, flatten, unflatten_into
 from distml.comm.pace import make_pace
@@ -275,7 +275,9 @@ class ParameterServer(Algorithm):
     max_delay: int | None = None
 
     buffers = "rank0"       # pulls carry parameters; rank 0 evaluates with its own buffers
-    supports = Supports(wrap=False)   # wrap: own loop
+    # workers train in the standard loop (autocast applies); pushes happen in after_backward,
+    # so neither accumulation nor clipping could act on what is pushed
+    supports = Supports(wrap=False, precisions=LOOP_STEP["precisions"])   # wrap: own loop
 
     def __init__(self, servers: int = 1, pace: str | dict = "bsp", push: str = "gradients",
                  push_every: int = 1, pull_every: int = 1, quorum: int | None = None,

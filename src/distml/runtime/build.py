@@ -182,20 +182,19 @@ def _check_step_features(config: RunConfig, algorithm, optim_name: str, whole_st
     if not asked:
         return
     name = config.algorithm.name
-    if algorithm.owns_loop:
-        raise ConfigError(f"algorithm '{name}' runs its own step, which takes no train.{', train.'.join(asked)}; "
-                          "remove it or choose a data-parallel algorithm (sync_sgd, local_sgd, ...)")
-    if whole_step:
-        raise ConfigError(f"optimizer '{optim_name}' evaluates the loss itself (closure or full "
-                          f"batch) and takes no train.{', train.'.join(asked)}; remove it")
-    can = algorithm.supports
+    can = algorithm.supports         # the declaration (algorithms/base.py Supports)
     refused = [what for what, ok in
                ((f"precision = {train.precision!r}", train.precision in can.precisions),
                 ("accumulate_steps", train.accumulate_steps == 1 or can.accumulation),
                 ("clip_grad_norm", train.clip_grad_norm is None or can.clipping))
                if not ok]
     if refused:
-        raise ConfigError(f"algorithm '{name}' does not support train.{', train.'.join(refused)}")
+        what = "runs its own step, which takes no" if algorithm.owns_loop else "does not support"
+        raise ConfigError(f"algorithm '{name}' {what} train.{', train.'.join(refused)}; remove it "
+                          "or choose an algorithm that does (`distml list algorithm` shows them)")
+    if whole_step:
+        raise ConfigError(f"optimizer '{optim_name}' evaluates the loss itself (closure or full "
+                          f"batch) and takes no train.{', train.'.join(asked)}; remove it")
     cuda = train.device != "cpu" and torch.cuda.is_available()
     if train.precision == "fp16" and not cuda:
         raise ConfigError("train.precision = 'fp16' needs CUDA (float16 autocast with a gradient "
