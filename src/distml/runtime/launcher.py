@@ -30,6 +30,7 @@ from typing import Any
 from distml.comm.transport import Transport
 from distml.errors import PeerError, UserError
 from distml.runtime.checkpoint import Checkpoints
+from distml.runtime.hang import HangCollector
 from distml.runtime.live import live_view, without_progress_bar
 from distml.runtime.worker import EXIT_USER, Rendezvous, WorkerJob, run_worker_process
 
@@ -208,6 +209,7 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
     procs = [ctx.Process(target=_child, args=(r, world, port, job, timeout_s, os.getpid()),
                          name=f"distml-rank{r}", daemon=False) for r in range(world)]
     exits: dict[int, WorkerExit] = {}
+    hangs = HangCollector(world)
     try:
         for p in procs:
             try:
@@ -221,6 +223,9 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
             multiprocessing.connection.wait([p.sentinel for r, p in enumerate(procs) if r not in exits], timeout=0.5)
             if view is not None:
                 view.tick()
+            hang = hangs.poll(store)
+            if hang is not None:    # the ranks' own lines come later, when the op times out
+                print(f"distml: hang: {hang} (stacks in {job.out_dir}/logs)", file=sys.stderr, flush=True)
             now = time.monotonic()
             for r, p in enumerate(procs):
                 if r in exits or p.exitcode is None:

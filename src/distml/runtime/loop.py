@@ -300,7 +300,7 @@ class TrainLoop:
             for step, micro in self._steps():  # noqa: B007
                 self.clock.start()
                 if self.faults is not None:
-                    self.faults.begin()
+                    self.faults.begin(step)
                 loss = self._one_step(micro, step)
                 if self.faults is not None:
                     self.faults.end(step)        # an injected slow step counts as compute
