@@ -1,5 +1,10 @@
 """The hang diagnosis line from ranks' states (the end-to-end test: tests/faults/test_hang.py)."""
 
+import pytest
+
+from distml.config import FaultsConfig
+from distml.errors import ConfigError
+from distml.runtime.faults import check_faults
 from distml.runtime.hang import diagnose
 
 
@@ -30,3 +35,9 @@ def test_no_rank_in_an_operation():
     states = {0: {"running": [], "last_finished": {}}}
     assert diagnose(states, 2) == ("no rank is inside an operation; rank 0 is in no operation; "
                                    "rank 1 did not report (dead, or not started)")
+
+
+def test_a_hang_on_a_rank_that_is_not_a_worker_is_refused():
+    check_faults(FaultsConfig(hang={"rank": 1, "step": 3}), workers=2, processes=3)
+    with pytest.raises(ConfigError, match=r"faults.hang.rank must be a worker rank in \[0, 1\], got 2"):
+        check_faults(FaultsConfig(hang={"rank": 2, "step": 3}), workers=2, processes=3)
