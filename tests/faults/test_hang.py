@@ -17,7 +17,7 @@ import time
 import pytest
 from faultkit import write_config
 
-from procs import distml, group_alive, session
+from procs import REPO, distml, group_alive, session
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(120)]
 
@@ -63,3 +63,10 @@ def test_doctor_on_a_run_without_a_hang_says_so(tmp_path):
     assert res.returncode == 0 and "no hang report" in res.stdout, res.stdout + res.stderr
     res = distml("doctor", str(tmp_path / "nothing"), timeout=60)
     assert res.returncode == 2 and "not a run folder" in res.stderr, res.stderr
+
+
+def test_a_hang_in_an_algorithm_that_owns_its_loop_is_refused_before_start():
+    res = distml("run", str(REPO / "examples" / "cocoa.toml"), "--dry-run",
+                 "--set", "faults.hang={rank=1,step=3}", timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "faults.hang stops a worker before a step of the worker loop; algorithm 'cocoa'" in res.stderr
