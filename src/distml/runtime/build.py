@@ -130,10 +130,6 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
         world = config.workers
     algorithm.check_config(config)
     check_faults(config.faults, world, processes)
-    if config.faults.hang is not None and algorithm.owns_loop:
-        raise ConfigError(f"faults.hang stops a worker before a step of the worker loop; algorithm "
-                          f"'{config.algorithm.name}' runs its own step (use sync_sgd, local_sgd, "
-                          "ps, gossip, ...)")
     partition = PARTITIONS.build(config.data.partition)
     loader = None if rank >= world else make_loader(
         source, partition, rank, world, config.data.batch_size, config.seed,

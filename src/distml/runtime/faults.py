@@ -72,9 +72,13 @@ class FaultInjector:
         self.delay = d if d is not None and (d.ranks is None or rank in d.ranks) else None
         self.slept = 0.0
 
-    def begin(self, step: int) -> None:
+    def stop_if_hung(self, step: int) -> None:
+        """``faults.hang``: stop here for good, alive, until the launcher ends the process."""
         if self.cfg.hang is not None and self.cfg.hang.rank == self.rank and step >= self.cfg.hang.step:
-            threading.Event().wait()     # stop here, alive, until the launcher ends the process
+            threading.Event().wait()
+
+    def begin(self, step: int) -> None:
+        self.stop_if_hung(step)
         self._t0 = time.perf_counter()
         self._busy0 = self.stats.comm_seconds + self.stats.wait_seconds
 

@@ -376,6 +376,8 @@ class TrainLoop:
         eval_time = time.perf_counter() - t_start
         try:
             for step in range(total_steps):
+                if self.faults is not None:
+                    self.faults.stop_if_hung(step)     # the one per-step fault an owned step takes
                 self.clock.start()
                 out = step_fn(step)
                 self.clock.stop()
