@@ -162,7 +162,7 @@ class CrashConfig(_Section):
 
 class HangConfig(_Section):
     rank: int = Field(ge=0)                    # this worker stops for good (tests of hang reports)
-    step: int = Field(ge=0)                    # before this step's communication
+    step: int = Field(ge=0)                    # from this step on (it stops before the step)
 
 
 class FaultsConfig(_Section):

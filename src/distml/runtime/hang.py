@@ -91,9 +91,12 @@ class HangWatch:
         state = {"rank": self.rank, "stalled": stalled, "running": snap["running"],
                  "last_finished": snap["last_finished"], "at": time.time()}
         if self.store is not None:
-            self.store.set(REPORT_KEY.format(rank=self.rank), json.dumps(state))
-            if stalled:
-                self.store.set(HANG_KEY, str(self.rank))
+            try:
+                self.store.set(REPORT_KEY.format(rank=self.rank), json.dumps(state))
+                if stalled:
+                    self.store.set(HANG_KEY, str(self.rank))
+            except Exception:     # the launcher is gone: the log below still tells
+                pass
         for h in logging.getLogger("distml").handlers:     # keep the log's lines in order
             h.flush()
         with open(self.log_path, "a", encoding="utf-8") as f:
