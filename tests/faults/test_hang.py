@@ -36,6 +36,8 @@ def _hang_line(cmd: list[str]) -> str:
     assert p.returncode == 1, err[-3000:]
     hang_lines = [line for line in err.splitlines() if line.startswith("distml: hang: ")]
     assert len(hang_lines) == 1, err[-3000:]
+    # the run's error is the waiting rank's timeout, not the stuck rank the launcher ended
+    assert re.search(r"distml: error: rank 0: .*all_reduce failed", err), err[-3000:]
     return hang_lines[0]
 
 

@@ -37,6 +37,7 @@ from distml.runtime.worker import EXIT_USER, Rendezvous, WorkerJob, run_worker_p
 LOOPBACK = "127.0.0.1"
 _ERROR_KEY = "distml/error/{rank}"
 _EXIT_KEY = "distml/exit/{rank}"      # set by the launcher: how a rank ended (not a peer echo)
+STOPPED_AFTER_PEER = "stopped by the launcher after a peer failed"
 # a worker that stopped because the user's script, re-imported by it, called distml.run again
 EXIT_MAIN_REIMPORTED = 3
 UNGUARDED_MAIN = ("each worker process re-ran the script's top-level code, which starts distml "
@@ -249,7 +250,7 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
                 for r, p in enumerate(procs):
                     if r not in exits:
                         exits[r] = WorkerExit(r, p.exitcode if p.exitcode is not None else -9,
-                                              "stopped by the launcher after a peer failed",
+                                              STOPPED_AFTER_PEER,
                                               time.monotonic())
     except KeyboardInterrupt:
         _stop(procs)
@@ -307,9 +308,11 @@ def launch_local_restarting(job: WorkerJob, world: int, timeout_s: float, max_re
 
 
 def _is_peer_echo(line: str) -> bool:
-    """A rank that failed because a peer did (its line says so), not on its own."""
+    """A rank that failed because a peer did (its line says so), not on its own; a rank the
+    launcher stopped afterwards (a hung one) did not start the failure either."""
     return any(s in line for s in ("a peer died or did not answer", "could not join",
-                                   "a server died or did not answer", "a worker died or stalled"))
+                                   "a server died or did not answer", "a worker died or stalled",
+                                   STOPPED_AFTER_PEER))
 
 
 def _first_cause(failed: list[WorkerExit]) -> WorkerExit:
