@@ -1,4 +1,4 @@
-"""Command line: ``distml run | launch | evaluate | compare | report | list``.
+"""Command line: ``distml run | launch | evaluate | compare | report | doctor | list``.
 
 Exit codes: 0 success, 2 a user error (config, data, arguments; one line), 1 an internal
 failure or a dead peer (one line naming the rank), 130 interrupted.
@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="reload a run's model.pt and evaluate it on the test set")
     e.add_argument("run_dir")
+
+    d = sub.add_parser("doctor", help="say which rank waited for which in a run that hung")
+    d.add_argument("run_dir")
 
     c = sub.add_parser("compare", help="run config variants one after another and compare them")
     c.add_argument("configs", nargs="+", help="one or more TOML files")
@@ -238,6 +241,14 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from distml.runtime.hang import diagnose_run
+    line = diagnose_run(Path(args.run_dir))
+    print(f"hang: {line}" if line is not None else
+          f"no hang report in {args.run_dir}/logs: no operation neared comm.timeout_s")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from distml import api
     from distml.runtime.launcher import LaunchFailed
@@ -350,7 +361,8 @@ def _supports_line(algorithm) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": cmd_run, "launch": cmd_launch, "evaluate": cmd_evaluate, "list": cmd_list,
-                "compare": cmd_compare, "report": cmd_report, "simulate": cmd_simulate}
+                "compare": cmd_compare, "report": cmd_report, "simulate": cmd_simulate,
+                "doctor": cmd_doctor}
     try:
         return handlers[args.command](args)
     except UserError as e:

@@ -160,13 +160,19 @@ class CrashConfig(_Section):
     after_s: float = Field(gt=0)               # seconds after joining the world
 
 
+class HangConfig(_Section):
+    rank: int = Field(ge=0)                    # this worker stops for good (tests of hang reports)
+    step: int = Field(ge=0)                    # from this step on (it stops before the step)
+
+
 class FaultsConfig(_Section):
-    """Injected faults (runtime/faults.py): stragglers, random delays, crashes."""
+    """Injected faults (runtime/faults.py): stragglers, random delays, crashes, hangs."""
 
     straggler: StragglerConfig | None = None
     delay: DelayConfig | None = None
     compute_s: float | None = Field(None, gt=0)   # pad each step's compute to this (a sleep)
     crash: CrashConfig | None = None
+    hang: HangConfig | None = None
 
 
 class RunConfig(_Section):

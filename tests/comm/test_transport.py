@@ -32,6 +32,16 @@ def test_collectives_p2p_and_byte_counts(tmp_path):
     assert ops1["send"]["bytes_sent"] == 4 and ops0["recv"]["bytes_received"] == 4
     assert ops0["all_gather"]["bytes_received"] == 4
     assert r0["stats"]["comm_seconds"] > 0
+    # the hang-report ring buffer saw every op, in order, each finished (runtime/hang.py)
+    log0, log1 = r0["oplog"], r1["oplog"]
+    assert log0["running"] == [] and log1["running"] == []
+    assert [(o["op"], o["seq"]) for o in log0["records"]] == [
+        ("all_reduce", 1), ("all_reduce", 2), ("broadcast", 1), ("all_gather", 1),
+        ("recv", 1), ("barrier", 1)]
+    assert log0["last_finished"]["all_reduce"] == log1["last_finished"]["all_reduce"] == 2
+    send = [o for o in log1["records"] if o["op"] == "send"][0]
+    recv = [o for o in log0["records"] if o["op"] == "recv"][0]
+    assert send["peer"] == 0 and send["bytes"] == 4 and recv["peer"] is None
 
 
 def test_dead_peer_raises_within_timeout(tmp_path):

@@ -34,6 +34,7 @@ if scenario == "ops":
         res["recv"] = buf.item()
     t.barrier()
     res["stats"] = t.stats.snapshot()
+    res["oplog"] = t.oplog.snapshot()
     t.close()
 elif scenario == "peer_dies":
     t.barrier()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from distml.comm.oplog import END, OpLog
 from distml.errors import PeerError
 
 _REDUCE_OPS = {
@@ -115,8 +116,9 @@ class Handle:
     """
 
     def __init__(self, transport: Transport, op: str, work, sent: int, received: int,
-                 result=None, on_done=None):
+                 result=None, on_done=None, record=None):
         self._transport = transport
+        self._record = record       # its entry in the transport's OpLog (None: nothing ran)
         self._op = op
         self._work = work
         self._sent = sent
@@ -133,8 +135,10 @@ class Handle:
         if not self._done:
             t0 = time.perf_counter()
             self._transport._guard(self._op, lambda: self._work.wait(self._transport.timeout))
-            self._transport.stats.record(self._op, self._sent, self._received,
-                                         time.perf_counter() - t0, calls=0)
+            t1 = time.perf_counter()
+            if self._record is not None:
+                OpLog.end(self._record, t1)
+            self._transport.stats.record(self._op, self._sent, self._received, t1 - t0, calls=0)
             self._done = True
             if self._on_done is not None:
                 self._result = self._on_done()
@@ -150,17 +154,20 @@ class Transport:
         timeout_s: the longest any call may wait for a peer.
         group: a torch process group; None means the default (world) group.
         stats: counters to add to (subgroups share their parent's).
+        oplog: the ring buffer of recent operations (hang reports; subgroups share it).
         latency_ms: extra delay injected before every message, to emulate a slow
             network (netem is not available on our hosts, docs/design.md §6).
     """
 
     def __init__(self, rank: int, world_size: int, timeout_s: float = 60.0, group=None,
-                 stats: CommStats | None = None, latency_ms: float = 0.0, global_ranks=None):
+                 stats: CommStats | None = None, latency_ms: float = 0.0, global_ranks=None,
+                 oplog: OpLog | None = None):
         self.rank = rank
         self.world_size = world_size
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self.group = group
         self.stats = stats if stats is not None else CommStats()
+        self.oplog = oplog if oplog is not None else OpLog()
         self.latency_s = latency_ms / 1000.0
         self._global_ranks = list(global_ranks) if global_ranks is not None else list(range(world_size))
         self._subgroups: list[Transport] = []
@@ -275,20 +282,26 @@ class Transport:
         if self.latency_s > 0:
             time.sleep(self.latency_s)
 
-    def _timed(self, op: str, fn, sent: int, received: int):
+    def _timed(self, op: str, fn, sent: int, received: int, peer: int | None = None):
         self._delay()
         t0 = time.perf_counter()
+        rec = self.oplog.begin(op, peer, sent or received, t0)      # for hang reports
         out = self._guard(op, fn)
-        self.stats.record(op, sent, received, time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        rec[END] = t1       # OpLog.end inlined: every op pays for this line (bench/oplog.py)
+        self.stats.record(op, sent, received, t1 - t0)
         return out
 
-    def _start(self, op: str, fn, sent: int, received: int, result=None, on_done=None) -> Handle:
+    def _start(self, op: str, fn, sent: int, received: int, result=None, on_done=None,
+               peer: int | None = None) -> Handle:
         """Start an async op: the call itself is counted now, its wait when waited on."""
         self._delay()
         t0 = time.perf_counter()
+        rec = self.oplog.begin(op, peer, sent or received, t0)    # runs until waited on
         work = self._guard(op, fn)
+        OpLog.attach(rec, work)
         self.stats.record(op, 0, 0, time.perf_counter() - t0)
-        return Handle(self, op, work, sent, received, result=result, on_done=on_done)
+        return Handle(self, op, work, sent, received, result=result, on_done=on_done, record=rec)
 
     # ---- collectives -----------------------------------------------------------------
     def all_reduce(self, x: torch.Tensor, op: str = "sum", async_op: bool = False):
@@ -380,9 +393,11 @@ class Transport:
         self._delay()
         t0 = time.perf_counter()
         limit = self.timeout if timeout_s is None else datetime.timedelta(seconds=timeout_s)
+        rec = self.oplog.begin("barrier", None, 0, t0, timeout_s)
         self._guard("barrier", lambda: dist.monitored_barrier(
             group=self.group, timeout=limit, wait_all_ranks=True)
             if dist.get_backend(self.group) == "gloo" else dist.barrier(group=self.group))
+        OpLog.end(rec)
         self.stats.wait_seconds += time.perf_counter() - t0
 
     # ---- point to point --------------------------------------------------------------
@@ -396,20 +411,22 @@ class Transport:
         n = nbytes(x)
         wire = x.detach().cpu() if self._host_staged(x) else x
         self._timed("send", lambda: dist.send(wire, self._global_ranks[dst], group=self.group, tag=tag),
-                    n, 0)
+                    n, 0, peer=self._global_ranks[dst])
 
     def isend(self, x: torch.Tensor, dst: int, tag: int = 0) -> Handle:
         n = nbytes(x)
         wire = x.detach().cpu() if self._host_staged(x) else x     # the work item keeps it alive
         return self._start("send", lambda: dist.isend(wire, self._global_ranks[dst], group=self.group,
-                                                      tag=tag), n, 0, result=x)
+                                                      tag=tag), n, 0, result=x,
+                           peer=self._global_ranks[dst])
 
     def recv(self, out: torch.Tensor, src: int | None = None, tag: int = 0) -> int:
         """Receive into ``out``; ``src=None`` takes any sender. Returns the sender's group rank."""
         n = nbytes(out)
         peer = None if src is None else self._global_ranks[src]
         wire = torch.empty_like(out, device="cpu") if self._host_staged(out) else out
-        sender = self._timed("recv", lambda: dist.recv(wire, peer, group=self.group, tag=tag), 0, n)
+        sender = self._timed("recv", lambda: dist.recv(wire, peer, group=self.group, tag=tag), 0, n,
+                             peer=peer)
         if wire is not out:
             out.copy_(wire)
         return self._global_ranks.index(sender)
@@ -429,7 +446,7 @@ class Transport:
                 out.copy_(wire)
             return self._global_ranks.index(work_box["w"]._source_rank()) if src is None else src
 
-        return self._start("recv", start, 0, n, on_done=sender)
+        return self._start("recv", start, 0, n, on_done=sender, peer=peer)
 
     # ---- groups ----------------------------------------------------------------------
     def subgroup(self, ranks: Sequence[int], backend: str | None = None) -> Transport | None:
@@ -444,7 +461,7 @@ class Transport:
             return None
         sub = Transport(ranks.index(self.global_rank), len(ranks), self.timeout.total_seconds(),
                         group=pg, stats=self.stats, latency_ms=self.latency_s * 1000,
-                        global_ranks=ranks)
+                        global_ranks=ranks, oplog=self.oplog)
         self._subgroups.append(sub)
         return sub
 

@@ -15,7 +15,10 @@ time (wall time minus the time inside the transport):
   time varies with contention; a fixed step time makes the *pace* what a benchmark
   measures. Sleeps count as compute time;
 - ``crash = {rank = 1, after_s = 2.0}``: that process dies with SIGKILL 2 s after it
-  joined the world (tests of failure detection).
+  joined the world (tests of failure detection);
+- ``hang = {rank = 1, step = 3}``: that worker stops for good before step 3 (alive, in
+  no operation), so its peers wait in that step's collective: tests of hang reports
+  (runtime/hang.py).
 
 Draws are seeded by (seed, rank, step), so a resumed run draws the same delays.
 """
@@ -46,6 +49,9 @@ def check_faults(cfg: FaultsConfig, workers: int, processes: int) -> None:
             raise ConfigError(f"{what} must be worker ranks in [0, {workers - 1}], got {bad}")
     if cfg.crash is not None and not cfg.crash.rank < processes:
         raise ConfigError(f"faults.crash.rank must be in [0, {processes - 1}], got {cfg.crash.rank}")
+    if cfg.hang is not None and not cfg.hang.rank < workers:
+        raise ConfigError(f"faults.hang.rank must be a worker rank in [0, {workers - 1}], "
+                          f"got {cfg.hang.rank}")
 
 
 class FaultInjector:
@@ -66,7 +72,13 @@ class FaultInjector:
         self.delay = d if d is not None and (d.ranks is None or rank in d.ranks) else None
         self.slept = 0.0
 
-    def begin(self) -> None:
+    def stop_if_hung(self, step: int) -> None:
+        """``faults.hang``: stop here for good, alive, until the launcher ends the process."""
+        if self.cfg.hang is not None and self.cfg.hang.rank == self.rank and step >= self.cfg.hang.step:
+            threading.Event().wait()
+
+    def begin(self, step: int) -> None:
+        self.stop_if_hung(step)
         self._t0 = time.perf_counter()
         self._busy0 = self.stats.comm_seconds + self.stats.wait_seconds
 
@@ -94,7 +106,7 @@ class FaultInjector:
 
 def make_faults(cfg: FaultsConfig, rank: int, seed: int, stats) -> FaultInjector | None:
     """The injector of a worker, or None when no per-step fault applies."""
-    if cfg.straggler is None and cfg.delay is None and cfg.compute_s is None:
+    if cfg.straggler is None and cfg.delay is None and cfg.compute_s is None and cfg.hang is None:
         return None
     return FaultInjector(cfg, rank, seed, stats)
 

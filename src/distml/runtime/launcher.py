@@ -30,12 +30,14 @@ from typing import Any
 from distml.comm.transport import Transport
 from distml.errors import PeerError, UserError
 from distml.runtime.checkpoint import Checkpoints
+from distml.runtime.hang import HangCollector
 from distml.runtime.live import live_view, without_progress_bar
 from distml.runtime.worker import EXIT_USER, Rendezvous, WorkerJob, run_worker_process
 
 LOOPBACK = "127.0.0.1"
 _ERROR_KEY = "distml/error/{rank}"
 _EXIT_KEY = "distml/exit/{rank}"      # set by the launcher: how a rank ended (not a peer echo)
+STOPPED_AFTER_PEER = "stopped by the launcher after a peer failed"
 # a worker that stopped because the user's script, re-imported by it, called distml.run again
 EXIT_MAIN_REIMPORTED = 3
 UNGUARDED_MAIN = ("each worker process re-ran the script's top-level code, which starts distml "
@@ -208,6 +210,7 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
     procs = [ctx.Process(target=_child, args=(r, world, port, job, timeout_s, os.getpid()),
                          name=f"distml-rank{r}", daemon=False) for r in range(world)]
     exits: dict[int, WorkerExit] = {}
+    hangs = HangCollector(world)
     try:
         for p in procs:
             try:
@@ -221,6 +224,9 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
             multiprocessing.connection.wait([p.sentinel for r, p in enumerate(procs) if r not in exits], timeout=0.5)
             if view is not None:
                 view.tick()
+            hang = hangs.poll(store)
+            if hang is not None:    # the ranks' own lines come later, when the op times out
+                print(f"distml: hang: {hang} (stacks in {job.out_dir}/logs)", file=sys.stderr, flush=True)
             now = time.monotonic()
             for r, p in enumerate(procs):
                 if r in exits or p.exitcode is None:
@@ -244,7 +250,7 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
                 for r, p in enumerate(procs):
                     if r not in exits:
                         exits[r] = WorkerExit(r, p.exitcode if p.exitcode is not None else -9,
-                                              "stopped by the launcher after a peer failed",
+                                              STOPPED_AFTER_PEER,
                                               time.monotonic())
     except KeyboardInterrupt:
         _stop(procs)
@@ -302,9 +308,11 @@ def launch_local_restarting(job: WorkerJob, world: int, timeout_s: float, max_re
 
 
 def _is_peer_echo(line: str) -> bool:
-    """A rank that failed because a peer did (its line says so), not on its own."""
+    """A rank that failed because a peer did (its line says so), not on its own; a rank the
+    launcher stopped afterwards (a hung one) did not start the failure either."""
     return any(s in line for s in ("a peer died or did not answer", "could not join",
-                                   "a server died or did not answer", "a worker died or stalled"))
+                                   "a server died or did not answer", "a worker died or stalled",
+                                   STOPPED_AFTER_PEER))
 
 
 def _first_cause(failed: list[WorkerExit]) -> WorkerExit:

@@ -300,7 +300,7 @@ class TrainLoop:
             for step, micro in self._steps():  # noqa: B007
                 self.clock.start()
                 if self.faults is not None:
-                    self.faults.begin()
+                    self.faults.begin(step)
                 loss = self._one_step(micro, step)
                 if self.faults is not None:
                     self.faults.end(step)        # an injected slow step counts as compute
@@ -376,6 +376,8 @@ class TrainLoop:
         eval_time = time.perf_counter() - t_start
         try:
             for step in range(total_steps):
+                if self.faults is not None:
+                    self.faults.stop_if_hung(step)     # the one per-step fault an owned step takes
                 self.clock.start()
                 out = step_fn(step)
                 self.clock.stop()

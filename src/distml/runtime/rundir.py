@@ -111,3 +111,8 @@ def write_config(path: Path, config: dict) -> None:
 
 def write_user_parts(path: Path, description: dict) -> None:
     write_json_atomic(path / USER_PARTS, description)
+
+
+def rank_log_path(run_dir: Path, rank: int) -> Path:
+    """Where rank ``rank`` writes its log (the worker, hang reports, ``distml doctor``)."""
+    return Path(run_dir) / "logs" / f"rank{rank}.log"

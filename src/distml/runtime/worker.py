@@ -25,8 +25,10 @@ from distml.runtime.build import UserParts, build_parts, restore_registrations
 from distml.runtime.checkpoint import Checkpoints, agree_on_resume, save_torch_atomic
 from distml.runtime.devices import resolve_device
 from distml.runtime.faults import arm_crash
+from distml.runtime.hang import HangWatch
 from distml.runtime.loop import TrainLoop
 from distml.runtime.metrics import summarize, write_json_atomic
+from distml.runtime.rundir import rank_log_path
 
 log = logging.getLogger("distml")
 
@@ -82,8 +84,9 @@ def choose_device(config: RunConfig, local_rank: int, local_world: int = 1) -> t
 
 
 def _setup_logging(out_dir: Path, rank: int) -> None:
-    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out_dir / "logs" / f"rank{rank}.log", encoding="utf-8")
+    path = rank_log_path(out_dir, rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s rank" + str(rank) + " %(levelname)s %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
@@ -112,6 +115,9 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
         if placed is not None:
             log.info("gloo threads placed: %s", placed)
     arm_crash(config.faults, rank)      # [faults] crash: tests of failure detection
+    # reports who waits for whom when an operation nears comm.timeout_s (runtime/hang.py)
+    watch = HangWatch(transport.oplog, rank, config.comm.timeout_s, rank_log_path(out_dir, rank),
+                      rendezvous.store(config.comm.timeout_s)).start()
     try:
         train_joined(rank, config, parts, transport, job, device, backend)
         del parts
@@ -120,6 +126,8 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
     except BaseException:
         Transport.abort()
         raise
+    finally:
+        watch.stop()
 
 
 def train_joined(rank: int, config: RunConfig, parts, transport: Transport, job: WorkerJob,
