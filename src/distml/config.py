@@ -160,13 +160,18 @@ class CrashConfig(_Section):
     after_s: float = Field(gt=0)               # seconds after joining the world
 
 
+class SlowEvalConfig(_Section):
+    seconds: float = Field(gt=0)               # rank 0 sleeps this long in every evaluation
+
+
 class FaultsConfig(_Section):
-    """Injected faults (runtime/faults.py): stragglers, random delays, crashes."""
+    """Injected faults (runtime/faults.py): stragglers, random delays, crashes, slow evaluations."""
 
     straggler: StragglerConfig | None = None
     delay: DelayConfig | None = None
     compute_s: float | None = Field(None, gt=0)   # pad each step's compute to this (a sleep)
     crash: CrashConfig | None = None
+    slow_eval: SlowEvalConfig | None = None       # rank 0's evaluations take this much longer
 
 
 class RunConfig(_Section):

@@ -25,6 +25,10 @@ import torch.distributed as dist
 
 from distml.errors import PeerError
 
+#: the longest any rank waits for rank 0's evaluation (far above any peer timeout)
+EVAL_WAIT_S = 1800.0
+_BARRIER_TAG = 0x0E7A1     # a long barrier's own messages (apart from every other p2p tag)
+
 _REDUCE_OPS = {
     "sum": dist.ReduceOp.SUM,
     "avg": dist.ReduceOp.AVG,
@@ -373,17 +377,47 @@ class Transport:
 
         Args:
             timeout_s: a longer limit than the transport's, for waits on known slow work
-                (rank 0 evaluating); None uses the transport's timeout.
+                (rank 0 evaluating, see :attr:`eval_wait_s`); None uses the transport's timeout.
         """
         if self.world_size == 1:
             return
         self._delay()
         t0 = time.perf_counter()
-        limit = self.timeout if timeout_s is None else datetime.timedelta(seconds=timeout_s)
-        self._guard("barrier", lambda: dist.monitored_barrier(
-            group=self.group, timeout=limit, wait_all_ranks=True)
-            if dist.get_backend(self.group) == "gloo" else dist.barrier(group=self.group))
+        gloo = dist.get_backend(self.group) == "gloo"
+        if timeout_s is not None and gloo:
+            self._guard("barrier", lambda: self._long_barrier(datetime.timedelta(seconds=timeout_s)))
+        else:
+            self._guard("barrier", lambda: dist.monitored_barrier(
+                group=self.group, timeout=self.timeout, wait_all_ranks=True)
+                if gloo else dist.barrier(group=self.group))
         self.stats.wait_seconds += time.perf_counter() - t0
+
+    @property
+    def eval_wait_s(self) -> float:
+        """How long a rank waits for rank 0's evaluation: longer than any peer timeout."""
+        return max(self.timeout.total_seconds(), EVAL_WAIT_S)
+
+    def _long_barrier(self, limit: datetime.timedelta) -> None:
+        """A barrier whose every rank waits up to ``limit``.
+
+        gloo's ``monitored_barrier(timeout=...)`` applies the limit on rank 0 only: the
+        other ranks wait for rank 0's answer with the group's default timeout (issue 14),
+        so a rank 0 evaluating longer than ``comm.timeout_s`` killed the run. Here every
+        rank's receive is waited on with ``limit`` (gloo honours a per-wait timeout on p2p).
+        """
+        token = torch.zeros(1)
+        if self.rank == 0:
+            peers = range(1, self.world_size)
+            for h in [dist.irecv(torch.zeros(1), self._global_ranks[r], group=self.group,
+                                 tag=_BARRIER_TAG) for r in peers]:
+                h.wait(limit)
+            for h in [dist.isend(token, self._global_ranks[r], group=self.group, tag=_BARRIER_TAG)
+                      for r in peers]:
+                h.wait(limit)
+        else:
+            root = self._global_ranks[0]
+            dist.isend(token, root, group=self.group, tag=_BARRIER_TAG).wait(limit)
+            dist.irecv(torch.zeros(1), root, group=self.group, tag=_BARRIER_TAG).wait(limit)
 
     # ---- point to point --------------------------------------------------------------
     # gloo's TCP pairs read and write host memory only: its collectives stage CUDA tensors
