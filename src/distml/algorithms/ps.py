@@ -140,7 +140,11 @@ class PSWorker(Algorithm):
         return self._stop_seen
 
     def at_eval(self, step: int) -> dict[str, Any]:
-        """This worker's staleness so far, added to rank 0's evaluation records."""
+        """This worker's staleness so far, added to rank 0's evaluation records. Rank 0, about
+        to evaluate, tells the servers, so that they and the pulls they hold outwait it
+        (after ``done`` the servers no longer listen; the final gather outwaits it)."""
+        if self.transport.rank == 0 and not self._finished:
+            self.client.evaluating()
         return {"staleness_max": max(self.stale, default=0), "pull_held_seconds": self.held_seconds}
 
     def on_train_end(self, steps: int) -> None:

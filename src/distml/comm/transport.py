@@ -132,11 +132,16 @@ class Handle:
     def is_completed(self) -> bool:
         return self._done or self._work.is_completed()
 
-    def wait(self):
-        """Block until done; return the operation's result (the tensor, or the sender for recv)."""
+    def wait(self, timeout_s: float | None = None):
+        """Block until done; return the operation's result (the tensor, or the sender for recv).
+
+        ``timeout_s``: a longer limit than the transport's (a wait on rank 0's evaluation).
+        """
         if not self._done:
             t0 = time.perf_counter()
-            self._transport._guard(self._op, lambda: self._work.wait(self._transport.timeout))
+            limit = self._transport.timeout if timeout_s is None else \
+                datetime.timedelta(seconds=timeout_s)
+            self._transport._guard(self._op, lambda: self._work.wait(limit))
             self._transport.stats.record(self._op, self._sent, self._received,
                                          time.perf_counter() - t0, calls=0)
             self._done = True
@@ -438,12 +443,26 @@ class Transport:
         return self._start("send", lambda: dist.isend(wire, self._global_ranks[dst], group=self.group,
                                                       tag=tag), n, 0, result=x)
 
-    def recv(self, out: torch.Tensor, src: int | None = None, tag: int = 0) -> int:
-        """Receive into ``out``; ``src=None`` takes any sender. Returns the sender's group rank."""
+    def recv(self, out: torch.Tensor, src: int | None = None, tag: int = 0,
+             timeout_s: float | None = None) -> int:
+        """Receive into ``out``; ``src=None`` takes any sender. Returns the sender's group rank.
+
+        ``timeout_s``: a longer limit than the transport's (a wait on rank 0's evaluation).
+        """
         n = nbytes(out)
         peer = None if src is None else self._global_ranks[src]
         wire = torch.empty_like(out, device="cpu") if self._host_staged(out) else out
-        sender = self._timed("recv", lambda: dist.recv(wire, peer, group=self.group, tag=tag), 0, n)
+
+        def receive() -> int:
+            if timeout_s is None:
+                return dist.recv(wire, peer, group=self.group, tag=tag)
+            work = dist.irecv(wire, peer, group=self.group, tag=tag)
+            work.wait(datetime.timedelta(seconds=timeout_s))
+            got = work._source_rank() if peer is None else peer
+            return got if self.group is None or peer is not None else \
+                dist.get_global_rank(self.group, got)
+
+        sender = self._timed("recv", receive, 0, n)
         if wire is not out:
             out.copy_(wire)
         return self._global_ranks.index(sender)
