@@ -314,6 +314,12 @@ class ParameterServer(Algorithm):
             # for a rank 0 that has already left the loop
             raise ConfigError("ps: train.stop_at_target and train.checkpoint_every do not compose "
                               "(workers stop at different steps); set one of them off")
+        if self.pace.name == "ssp" and self.push_every % self.pull_every:
+            # the pace is checked at pulls: a push step without one would advance this
+            # worker's clock unchecked, up to s + pull_every - 1 clocks ahead (issue 14)
+            raise ConfigError(f"ps: the ssp pace bounds staleness only when every push is followed "
+                              f"by a pull: pull_every ({self.pull_every}) must divide push_every "
+                              f"({self.push_every})")
         if self.quorum is not None and self.quorum > config.workers:
             raise ConfigError(f"algorithm.quorum must be in [1, {config.workers}] (the workers), "
                               f"got {self.quorum}")
