@@ -39,7 +39,9 @@ from distml.algorithms.base import Supports
 from distml.algorithms.ps import ParameterServer, PSWorker
 from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import flatten
+from distml.comm.compress import ErrorFeedback
 from distml.comm.pace import BoundedDelay
+from distml.errors import ConfigError
 
 
 class ADMMWorker(PSWorker):
@@ -165,6 +167,16 @@ class AsyncADMM(ParameterServer):
         super().__init__(servers=servers, pace="bsp", push="deltas", quorum=quorum, codec=codec)
         self.rho, self.l2, self.penalize_bias = float(rho), float(l2), bool(penalize_bias)
         self.local_steps, self.reset_optimizer = local_steps, bool(reset_optimizer)
+
+    def check_config(self, config) -> None:
+        """Also refuse a lossy codec without error feedback: z is the running sum of the
+        pushes, so what a codec drops (top-k's unselected coordinates) would stay out of z
+        for ever; error feedback carries it into later pushes (issue 14)."""
+        super().check_config(config)
+        if self.codec is not None and not self.codec.lossless and \
+                not isinstance(self.codec, ErrorFeedback):
+            raise ConfigError(f"admm_async: the lossy codec {self.codec.describe()} loses its "
+                              "compression error from z for ever; set comm.error_feedback = true")
 
     def worker_role(self) -> ADMMWorker:
         return ADMMWorker(self, self.model, self.optimizer)
