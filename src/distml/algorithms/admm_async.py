@@ -34,7 +34,7 @@ from torch import nn
 
 from distml.aggregate.admm import penalty_mask
 from distml.aggregate.server_rules import ConsensusRule
-from distml.algorithms.admm import LocalADMM
+from distml.algorithms.admm import LocalADMM, resets_state
 from distml.algorithms.base import Supports
 from distml.algorithms.ps import ParameterServer, PSWorker
 from distml.algorithms.registry import ALGORITHMS
@@ -51,7 +51,7 @@ class ADMMWorker(PSWorker):
     def __init__(self, plan: "AsyncADMM", model, optimizer):
         super().__init__(plan, model, optimizer)
         self.rho, self.local_steps = plan.rho, plan.local_steps
-        self.reset_optimizer = plan.reset_optimizer
+        self.reset_optimizer = resets_state(optimizer, plan.reset_optimizer)
         self.local = LocalADMM(model, plan.penalize_bias)
         self.admm_round = 0
         self.primal_residual: float | None = None    # ‖x_i − z‖ of this worker's last round
@@ -143,7 +143,8 @@ class AsyncADMM(ParameterServer):
         max_delay: τ, the most rounds a worker's newest contribution may be old (>= 0);
             0 waits for every worker every round.
         servers: server processes (extra to the workers); z is split by key range.
-        reset_optimizer: clear the optimizer's state every round (the subproblem changes).
+        reset_optimizer: clear the optimizer's state every round; None (default): for
+            L-BFGS only (see :func:`~distml.algorithms.admm.resets_state`).
         codec: set by distml from ``[comm] codec``: a Compressor on the pushes.
 
     Raises:
@@ -155,7 +156,7 @@ class AsyncADMM(ParameterServer):
 
     def __init__(self, rho: float = 1.0, l2: float = 0.0, penalize_bias: bool = False,
                  local_steps: int = 1, quorum: int | None = None, max_delay: int = 2,
-                 servers: int = 1, reset_optimizer: bool = True, codec=None):
+                 servers: int = 1, reset_optimizer: bool | None = None, codec=None):
         if not 0 < rho < math.inf:
             raise ValueError(f"rho must be a finite number > 0, got {rho}")
         if not 0 <= l2 < math.inf:
@@ -166,7 +167,7 @@ class AsyncADMM(ParameterServer):
         # pushes are changes of x_i + u_i; the servers hold z
         super().__init__(servers=servers, pace="bsp", push="deltas", quorum=quorum, codec=codec)
         self.rho, self.l2, self.penalize_bias = float(rho), float(l2), bool(penalize_bias)
-        self.local_steps, self.reset_optimizer = local_steps, bool(reset_optimizer)
+        self.local_steps, self.reset_optimizer = local_steps, reset_optimizer
 
     def check_config(self, config) -> None:
         """Also refuse a lossy codec without error feedback: z is the running sum of the
