@@ -354,9 +354,11 @@ class ParameterServer(Algorithm):
     def server_rule(self, index: int):
         """The update rule injected into the server of shard ``index`` (it holds the shard)."""
         a, b = self.bounds[index]
-        shard = flatten([p for p in self.model.parameters() if p.requires_grad])[a:b].clone()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        shard = flatten(params)[a:b].clone()
         if self.push_kind == "gradients":
-            return OptimizerRule(shard, self.optimizer, self.workers, self.pace.synchronous)
+            return OptimizerRule(shard, self.optimizer, self.workers, self.pace.synchronous,
+                                 params=params, start=a)
         return DeltaRule(shard, self.workers, self.pace.synchronous)
 
     # ---- the runtime's calls, handed to the role ---------------------------------------------
