@@ -309,8 +309,7 @@ class Transport:
         if op not in _REDUCE_OPS:
             raise ValueError(f"op must be one of {', '.join(_REDUCE_OPS)}, got {op!r}")
         n = nbytes(x)
-        if self.world_size == 1:
-            self.stats.record("all_reduce", n, n)
+        if self.world_size == 1:        # nothing is sent, nothing is counted
             return Handle(self, "all_reduce", _Done(), 0, 0, result=x) if async_op else x
         call = lambda: dist.all_reduce(x, op=_REDUCE_OPS[op], group=self.group, async_op=async_op)
         if async_op:
@@ -322,8 +321,8 @@ class Transport:
         """Broadcast ``x`` from group rank ``src`` in place."""
         n = nbytes(x)
         sent, received = (n, 0) if self.rank == src else (0, n)
-        if self.world_size == 1:
-            return x
+        if self.world_size == 1:        # nothing is sent, nothing is counted
+            return Handle(self, "broadcast", _Done(), 0, 0, result=x) if async_op else x
         call = lambda: dist.broadcast(x, src=self._global_ranks[src], group=self.group,
                                       async_op=async_op)
         if async_op:
