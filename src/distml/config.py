@@ -165,14 +165,20 @@ class HangConfig(_Section):
     step: int = Field(ge=0)                    # from this step on (it stops before the step)
 
 
+class SlowEvalConfig(_Section):
+    seconds: float = Field(gt=0)               # rank 0 sleeps this long in every evaluation
+
+
 class FaultsConfig(_Section):
-    """Injected faults (runtime/faults.py): stragglers, random delays, crashes, hangs."""
+    """Injected faults (runtime/faults.py): stragglers, random delays, crashes, hangs,
+    slow evaluations."""
 
     straggler: StragglerConfig | None = None
     delay: DelayConfig | None = None
     compute_s: float | None = Field(None, gt=0)   # pad each step's compute to this (a sleep)
     crash: CrashConfig | None = None
     hang: HangConfig | None = None
+    slow_eval: SlowEvalConfig | None = None       # rank 0's evaluations take this much longer
 
 
 class RunConfig(_Section):

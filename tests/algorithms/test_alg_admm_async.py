@@ -42,6 +42,7 @@ rho = 0.1
 l2 = {l2}
 [comm]
 timeout_s = 60
+{comm}
 [train]
 dtype = "float64"
 epochs = {rounds}
@@ -62,11 +63,11 @@ def data(workers: int):
     return x, y
 
 
-def run(tmp_path, name, algorithm, workers, rounds, faults=""):
+def run(tmp_path, name, algorithm, workers, rounds, faults="", comm=""):
     x, y = data(workers)
     path = tmp_path / f"{name}.toml"
     path.write_text(CONFIG.format(workers=workers, algorithm=algorithm, l2=2.0 / (C * len(y)),
-                                  rounds=rounds, faults=faults))
+                                  rounds=rounds, faults=faults, comm=comm))
     res = run_cli("run", str(path), "--out", str(tmp_path / name), timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     out = tmp_path / name
@@ -113,6 +114,24 @@ def test_partial_barrier_reaches_the_sklearn_optimum_within_the_delay_bound(tmp_
     assert np.isfinite(a["primal_residual"]) and s["test_accuracy"] > 0.93
 
 
+@pytest.mark.multiprocess
+@pytest.mark.timeout(240)
+def test_topk_pushes_with_error_feedback_reach_the_uncompressed_objective(tmp_path):
+    algorithm = 'name = "admm_async"\nlocal_steps = 1'
+    plain, _, x, y = run(tmp_path, "plain", algorithm, 2, 200)
+    topk, s, _, _ = run(tmp_path, "topk", algorithm, 2, 200,
+                        comm='codec = { name = "topk", ratio = 0.1 }\nerror_feedback = true')
+
+    def objective(state):
+        w = (state["linear.weight"][1] - state["linear.weight"][0]).numpy()
+        return sklearn_objective(w, float(state["linear.bias"][1] - state["linear.bias"][0]), x, y)
+
+    ours, ref = objective(topk), objective(plain)
+    print("objective topk+EF", ours, "uncompressed", ref, "rel", abs(ours - ref) / ref)
+    assert abs(ours - ref) / ref <= 1e-3
+    assert s["ps"]["codec"].startswith("error_feedback(")
+
+
 def test_admm_async_config_errors_and_plan():
     base = {"workers": 3, "data": {"source": {"name": "sklearn", "dataset": "breast_cancer"}},
             "model": {"name": "softmax"}, "optim": {"name": "lbfgs"}}
@@ -124,6 +143,7 @@ def test_admm_async_config_errors_and_plan():
             ({"rho": 0}, {}, "rho must be a finite number > 0"),
             ({"l2": -1.0}, {}, "l2 must be a finite number >= 0"),
             ({"local_steps": 0}, {}, "local_steps must be an integer >= 1"),
-            ({}, {"comm": {"codec": {"name": "powersgd"}}}, "takes a Compressor")]:
+            ({}, {"comm": {"codec": {"name": "powersgd"}}}, "takes a Compressor"),
+            ({}, {"comm": {"codec": {"name": "topk", "ratio": 0.1}}}, "error_feedback = true")]:
         with pytest.raises(ConfigError, match=match):
             distml.plan({**base, **extra, "algorithm": {"name": "admm_async", **algo}})

@@ -52,3 +52,21 @@ def test_dead_peer_raises_within_timeout(tmp_path):
     r0 = json.loads(Path(f"{out}.rank0.json").read_text())
     assert r0["error"] is not None and "all_reduce failed" in r0["error"]
     assert r0["seconds"] < 5 + 5                      # within the transport timeout (+ slack)
+
+
+def test_one_rank_sends_and_counts_nothing():
+    """A world of one (no process group): every collective is local and counts no bytes
+    (issue 14, point 7; all_reduce used to count its tensor twice)."""
+    import torch
+
+    from distml.comm.transport import Transport
+    t = Transport(0, 1)
+    x = torch.arange(4.0)
+    assert t.all_reduce(x.clone(), op="sum").equal(x)
+    assert t.all_reduce(x.clone(), async_op=True).wait().equal(x)
+    assert t.broadcast(x.clone()).equal(x)
+    assert t.broadcast(x.clone(), async_op=True).wait().equal(x)
+    assert t.all_gather(x)[0].equal(x)
+    t.barrier()
+    assert t.stats.bytes_sent == t.stats.bytes_received == 0
+    assert t.stats.messages == 0

@@ -45,7 +45,7 @@ class ScriptedTransport:
         self.inbox.append((w, TAG_HEADER, Header(DONE, 0, 0, 0, int(final)).encode()))
 
     # ---- what the server calls --------------------------------------------------------------
-    def recv(self, t: torch.Tensor, src=None, tag: int = 0) -> int:
+    def recv(self, t: torch.Tensor, src=None, tag: int = 0, timeout_s=None) -> int:
         for i, (s, tg, x) in enumerate(self.inbox):
             if tg == tag and (src is None or s == src):
                 del self.inbox[i]

@@ -219,7 +219,8 @@ def refused_before_training(tmp_path: Path, out: Path, reason: str) -> None:
 
 def test_output_folder_under_a_regular_file(tmp_path):
     (tmp_path / "file").write_text("x")        # root can write anywhere, but not below a file
-    refused_before_training(tmp_path, tmp_path / "file" / "run", "Not a directory")
+    refused_before_training(tmp_path, tmp_path / "file" / "run",
+                            f"{tmp_path / 'file'} is not a folder; choose another --out")
 
 
 def test_output_folder_in_proc(tmp_path):

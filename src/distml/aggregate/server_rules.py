@@ -22,21 +22,47 @@ from distml.errors import ConfigError
 
 
 class OptimizerRule:
-    """Gradient pushes: the round's mean gradient feeds the configured optimizer, rebuilt
-    over the shard (same class and hyperparameters). Applied asynchronously, each push
-    counts ``1 / workers``: one push from every worker then moves the model as far as one
-    synchronous round, so BSP, SSP and ASP compare at the same learning rate.
+    """Gradient pushes: the configured optimizer, rebuilt over the shard with the worker
+    optimizer's parameter groups (each group's part of the shard keeps its settings, e.g.
+    no weight decay on biases), steps on them.
+
+    Synchronously it steps once per round on the round's mean gradient. Asynchronously
+    (ASP, SSP) it steps once per push, on the push's gradient, with each group's learning
+    rate divided by ``workers`` — the rule of asynchronous Adam variants: one push from
+    every worker then moves the model about as far as one synchronous round for every
+    optimizer, adaptive ones (Adam, RMSprop, Adagrad: invariant to a gradient's scale)
+    included, and weight decay acts once per round, not once per push.
+
+    Args:
+        shard: the shard's values (the rule updates them in place).
+        like: the worker's optimizer (class, hyperparameters, parameter groups).
+        workers: N, the number of workers.
+        synchronous: one step per round (True) or per push (False).
+        params: the worker's trainable parameters in flat order (None: one group, the
+            optimizer's ``defaults``).
+        start: where the shard starts in the flat vector of ``params``.
 
     Raises:
         ConfigError: the optimizer cannot be rebuilt over one tensor.
     """
 
     def __init__(self, shard: torch.Tensor, like: torch.optim.Optimizer, workers: int,
-                 synchronous: bool):
+                 synchronous: bool, params: list[torch.Tensor] | None = None, start: int = 0):
         self.workers, self.synchronous = workers, synchronous
-        self.param = nn.Parameter(shard)
+        self.shard = shard
+        self.segments = _group_segments(like, params, start, shard.numel())
+        accepted = _constructor_keywords(like)
+        groups = []
+        for index, lo, hi in self.segments:
+            settings = {k: v for k, v in (like.param_groups[index].items() if params is not None
+                                           else like.defaults.items()) if k in accepted}
+            groups.append({**settings, "params": [nn.Parameter(shard[lo:hi])]})
+        self._base = [float(g.get("lr", 0.0)) for g in groups]
+        first = like.param_groups[0].get("lr", 0.0) if params is not None else like.defaults.get("lr")
+        # a group's lr relative to the worker's first group: the pushed (scheduled) lr scales it
+        self._ratios = [b / float(first) if first else 1.0 for b in self._base]
         try:
-            self.opt = type(like)([self.param], **_constructor_args(like))
+            self.opt = type(like)(groups)
         except TypeError as e:
             raise ConfigError(f"optimizer {type(like).__name__} cannot run on a parameter server "
                               f"({e}); use sgd, momentum, nesterov, adam, adamw, adagrad or rmsprop")
@@ -44,22 +70,47 @@ class OptimizerRule:
     @property
     def params(self) -> torch.Tensor:
         """The tensor the rule updates in place (the shard the server sends to pulls)."""
-        return self.param.data
+        return self.shard
 
     def __call__(self, params: torch.Tensor, total: torch.Tensor, count: int, aux: float) -> None:
-        divisor = count if self.synchronous else self.workers
-        self.param.grad = total if divisor == 1 else total / divisor
-        if aux > 0:          # the workers' scheduled learning rate rides on the push
-            for g in self.opt.param_groups:
-                g["lr"] = aux
+        grad = total / count if self.synchronous and count > 1 else total
+        scale = 1.0 if self.synchronous else 1.0 / self.workers
+        for g, base, ratio, (_, lo, hi) in zip(self.opt.param_groups, self._base, self._ratios,
+                                               self.segments):
+            # the workers' scheduled learning rate rides on the push (aux)
+            g["lr"] = (aux * ratio if aux > 0 else base) * scale
+            g["params"][0].grad = grad[lo:hi]
         self.opt.step()
-        self.param.grad = None
+        for g in self.opt.param_groups:
+            g["params"][0].grad = None
 
     def state_dict(self) -> dict[str, Any]:
         return self.opt.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state)
+
+
+def _group_segments(like: torch.optim.Optimizer, params: list[torch.Tensor] | None, start: int,
+                    length: int) -> list[tuple[int, int, int]]:
+    """``(group index, lo, hi)`` runs of the shard ``[start, start + length)`` of the flat
+    vector of ``params``, one per maximal run of parameters in one group of ``like``."""
+    if params is None:
+        return [(0, 0, length)]
+    group_of = {id(p): i for i, g in enumerate(like.param_groups) for p in g["params"]}
+    runs: list[tuple[int, int, int]] = []
+    offset = 0
+    for p in params:
+        lo, hi = max(offset, start), min(offset + p.numel(), start + length)
+        offset += p.numel()
+        if lo >= hi:
+            continue
+        index = group_of[id(p)]
+        if runs and runs[-1][0] == index and runs[-1][2] == lo - start:
+            runs[-1] = (index, runs[-1][1], hi - start)
+        else:
+            runs.append((index, lo - start, hi - start))
+    return runs
 
 
 class DeltaRule:
@@ -100,9 +151,8 @@ class ConsensusRule:
         self.total.copy_(state["total"])
 
 
-def _constructor_args(optimizer: torch.optim.Optimizer) -> dict:
-    """The optimizer's hyper-parameters that its constructor takes: ``defaults`` may also
-    hold derived entries (torch 2.13's AdamW records ``decoupled_weight_decay``, which
-    ``AdamW()`` refuses), so only the constructor's own keywords are passed on."""
-    accepted = inspect.signature(type(optimizer).__init__).parameters
-    return {k: v for k, v in optimizer.defaults.items() if k in accepted}
+def _constructor_keywords(optimizer: torch.optim.Optimizer) -> set[str]:
+    """The hyper-parameters the optimizer's constructor takes. A parameter group (and
+    ``defaults``) may also hold derived entries (torch 2.13's AdamW records
+    ``decoupled_weight_decay``, which ``AdamW()`` refuses), which must not be passed on."""
+    return set(inspect.signature(type(optimizer).__init__).parameters) - {"self", "params"}

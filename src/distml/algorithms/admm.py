@@ -28,6 +28,16 @@ from distml.comm.buckets import broadcast_module, flatten, unflatten_into
 from distml.comm.buffers import average_buffers, copy_buffers
 
 
+def resets_state(optimizer: torch.optim.Optimizer, asked: bool | None) -> bool:
+    """Whether an ADMM worker clears ``optimizer``'s state at the end of each round.
+
+    ``asked`` None picks the default: yes for L-BFGS, whose curvature pairs belong to the
+    last round's subproblem, no for first-order optimizers — their momentum and moments
+    carry over, as the subproblem's centre z − u_i moves less and less (issue 14).
+    """
+    return isinstance(optimizer, torch.optim.LBFGS) if asked is None else bool(asked)
+
+
 class LocalADMM:
     """Worker i's half of consensus ADMM (Boyd et al. 2011, §7.1, scaled form).
 
@@ -119,8 +129,11 @@ class ConsensusADMM(Algorithm):
         adaptive_rho: residual balancing of ρ (Boyd et al. §3.4.1).
         mu: imbalance ratio between the residuals that changes ρ (> 1).
         tau: factor ρ changes by (> 1).
-        reset_optimizer: clear the optimizer's state every round (the subproblem changes:
-            L-BFGS curvature pairs or momentum from the last round would mix objectives).
+        reset_optimizer: clear the optimizer's state at the end of every round, never
+            between the steps of one. None (default): only a quasi-Newton optimizer's
+            (L-BFGS's curvature pairs describe the last round's subproblem); first-order
+            state (momentum, Adam's moments) is kept, since with ``local_steps = 1`` a
+            reset every round would clear it every step (see :func:`resets_state`).
 
     Raises:
         ValueError: a parameter out of range.
@@ -131,7 +144,7 @@ class ConsensusADMM(Algorithm):
 
     def __init__(self, rho: float = 1.0, l2: float = 0.0, penalize_bias: bool = False,
                  local_steps: int = 1, adaptive_rho: bool = True, mu: float = 10.0,
-                 tau: float = 2.0, reset_optimizer: bool = True):
+                 tau: float = 2.0, reset_optimizer: bool | None = None):
         if not rho > 0:
             raise ValueError(f"rho must be > 0, got {rho}")
         if not l2 >= 0:
@@ -142,7 +155,7 @@ class ConsensusADMM(Algorithm):
             raise ValueError(f"mu and tau must be > 1, got mu={mu}, tau={tau}")
         self.rho, self.l2, self.penalize_bias = float(rho), float(l2), bool(penalize_bias)
         self.local_steps, self.adaptive_rho = local_steps, bool(adaptive_rho)
-        self.mu, self.tau, self.reset_optimizer = float(mu), float(tau), bool(reset_optimizer)
+        self.mu, self.tau, self.reset_optimizer = float(mu), float(tau), reset_optimizer
         self.round = 0
         self.primal_residual: float | None = None
         self.dual_residual: float | None = None
@@ -151,6 +164,7 @@ class ConsensusADMM(Algorithm):
         super().setup(model, optimizer, transport)
         broadcast_module(model, transport)
         self.local = LocalADMM(model, self.penalize_bias)
+        self.reset_optimizer = resets_state(optimizer, self.reset_optimizer)
 
     @property
     def z(self) -> torch.Tensor:

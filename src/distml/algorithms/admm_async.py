@@ -34,12 +34,14 @@ from torch import nn
 
 from distml.aggregate.admm import penalty_mask
 from distml.aggregate.server_rules import ConsensusRule
-from distml.algorithms.admm import LocalADMM
+from distml.algorithms.admm import LocalADMM, resets_state
 from distml.algorithms.base import LOOP_STEP, Supports
 from distml.algorithms.ps import ParameterServer, PSWorker
 from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buckets import flatten
+from distml.comm.compress import ErrorFeedback
 from distml.comm.pace import BoundedDelay
+from distml.errors import ConfigError
 
 
 class ADMMWorker(PSWorker):
@@ -49,7 +51,7 @@ class ADMMWorker(PSWorker):
     def __init__(self, plan: "AsyncADMM", model, optimizer):
         super().__init__(plan, model, optimizer)
         self.rho, self.local_steps = plan.rho, plan.local_steps
-        self.reset_optimizer = plan.reset_optimizer
+        self.reset_optimizer = resets_state(optimizer, plan.reset_optimizer)
         self.local = LocalADMM(model, plan.penalize_bias)
         self.admm_round = 0
         self.primal_residual: float | None = None    # ‖x_i − z‖ of this worker's last round
@@ -141,7 +143,8 @@ class AsyncADMM(ParameterServer):
         max_delay: τ, the most rounds a worker's newest contribution may be old (>= 0);
             0 waits for every worker every round.
         servers: server processes (extra to the workers); z is split by key range.
-        reset_optimizer: clear the optimizer's state every round (the subproblem changes).
+        reset_optimizer: clear the optimizer's state every round; None (default): for
+            L-BFGS only (see :func:`~distml.algorithms.admm.resets_state`).
         codec: set by distml from ``[comm] codec``: a Compressor on the pushes.
 
     Raises:
@@ -153,7 +156,7 @@ class AsyncADMM(ParameterServer):
 
     def __init__(self, rho: float = 1.0, l2: float = 0.0, penalize_bias: bool = False,
                  local_steps: int = 1, quorum: int | None = None, max_delay: int = 2,
-                 servers: int = 1, reset_optimizer: bool = True, codec=None):
+                 servers: int = 1, reset_optimizer: bool | None = None, codec=None):
         if not 0 < rho < math.inf:
             raise ValueError(f"rho must be a finite number > 0, got {rho}")
         if not 0 <= l2 < math.inf:
@@ -164,7 +167,17 @@ class AsyncADMM(ParameterServer):
         # pushes are changes of x_i + u_i; the servers hold z
         super().__init__(servers=servers, pace="bsp", push="deltas", quorum=quorum, codec=codec)
         self.rho, self.l2, self.penalize_bias = float(rho), float(l2), bool(penalize_bias)
-        self.local_steps, self.reset_optimizer = local_steps, bool(reset_optimizer)
+        self.local_steps, self.reset_optimizer = local_steps, reset_optimizer
+
+    def check_config(self, config) -> None:
+        """Also refuse a lossy codec without error feedback: z is the running sum of the
+        pushes, so what a codec drops (top-k's unselected coordinates) would stay out of z
+        for ever; error feedback carries it into later pushes (issue 14)."""
+        super().check_config(config)
+        if self.codec is not None and not self.codec.lossless and \
+                not isinstance(self.codec, ErrorFeedback):
+            raise ConfigError(f"admm_async: the lossy codec {self.codec.describe()} loses its "
+                              "compression error from z for ever; set comm.error_feedback = true")
 
     def worker_role(self) -> ADMMWorker:
         return ADMMWorker(self, self.model, self.optimizer)

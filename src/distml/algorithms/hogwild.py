@@ -13,7 +13,10 @@ Process design: shared memory means one host, so the launcher starts a single pr
 forks ``workers`` training processes with torch.multiprocessing. The parent paces them
 by epochs (a "go" token per epoch, a report back), evaluates between epochs (the
 children are idle then), and terminates them on every exit path; children also exit if
-the parent disappears. Each run writes ``hogwild.json``: throughput, final loss, lock
+the parent disappears. Liveness is a heartbeat, not a deadline: every child stamps its
+slot of a shared array after every batch (and every second while idle); the parent
+fails the run when a child dies or its stamp is older than ``comm.timeout_s`` (a stuck
+worker), so an epoch may take any time. Each run writes ``hogwild.json``: throughput, final loss, lock
 wait.
 """
 
@@ -92,9 +95,22 @@ class Hogwild(Algorithm):
         epochs = total_steps(cfg.train.epochs, 1, cfg.train.max_steps)   # one step = one epoch
         args = (model, p.loss_fn, cfg.optim.spec(), lock, reports, os.getpid(),
                 cfg.train.threads_per_worker, loop.dtype, cfg.seed)
-        procs = [ctx.Process(target=_child, args=(c, loaders[c], gos[c], *args), daemon=True)
+        beats = torch.full((n,), time.monotonic(), dtype=torch.float64).share_memory_()
+        procs = [ctx.Process(target=_child, args=(c, loaders[c], gos[c], beats, *args), daemon=True)
                  for c in range(n)]
         timeout = cfg.comm.timeout_s
+
+        def check_alive(e: int) -> None:
+            dead = [c for c, pr in enumerate(procs) if not pr.is_alive()]
+            if dead:
+                raise PeerError(f"hogwild: worker {dead[0]} died in epoch {e} "
+                                f"(exit code {procs[dead[0]].exitcode})")
+            now = time.monotonic()
+            silent = [c for c in range(n) if now - float(beats[c]) > timeout]
+            if silent:
+                raise PeerError(f"hogwild: worker {silent[0]} is stuck in epoch {e}: no heartbeat "
+                                f"for {now - float(beats[silent[0]]):.0f} s (comm.timeout_s = "
+                                f"{timeout:g})")
         self.totals = {"samples": 0, "seconds": 0.0, "lock_wait_seconds": 0.0}
 
         def epoch(e: int) -> dict[str, float]:
@@ -106,8 +122,7 @@ class Hogwild(Algorithm):
                 try:
                     msg = reports.get(timeout=1.0)
                 except queue.Empty:
-                    if time.perf_counter() - t0 > timeout or any(not pr.is_alive() for pr in procs):
-                        raise PeerError(f"hogwild: a worker process died or stalled in epoch {e}") from None
+                    check_alive(e)
                     continue
                 if msg[0] == "error":
                     raise PeerError(f"hogwild: worker {msg[1]} failed: {msg[2]}")
@@ -166,14 +181,16 @@ class Hogwild(Algorithm):
         return total / count
 
 
-def _child(c: int, loader, go, model, loss_fn, optim_spec, lock, reports, parent: int,
-           threads: int, dtype, seed: int) -> None:
-    """One Hogwild worker: for every "go" token, one epoch of its shard, then a report."""
+def _child(c: int, loader, go, beats: torch.Tensor, model, loss_fn, optim_spec, lock, reports,
+           parent: int, threads: int, dtype, seed: int) -> None:
+    """One Hogwild worker: for every "go" token, one epoch of its shard, then a report;
+    ``beats[c]`` is stamped after every batch and every second while idle."""
     try:
         torch.set_num_threads(threads)
         torch.manual_seed(seed * 100003 + c)
         opt = build_optimizer(optim_spec, model.parameters())
         while True:
+            beats[c] = time.monotonic()
             try:
                 e = go.get(timeout=1.0)
             except queue.Empty:
@@ -198,6 +215,7 @@ def _child(c: int, loader, go, model, loss_fn, optim_spec, lock, reports, parent
                     opt.step()
                 loss_sum += float(loss.detach()) * len(y)
                 samples += len(y)
+                beats[c] = time.monotonic()
             reports.put(("ok", c, loss_sum, samples, wait))
     except Exception as e:  # report, so the parent fails fast with the cause
         reports.put(("error", c, f"{type(e).__name__}: {e}\n{traceback.format_exc()[-2000:]}"))

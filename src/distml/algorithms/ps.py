@@ -140,7 +140,11 @@ class PSWorker(Algorithm):
         return self._stop_seen
 
     def at_eval(self, step: int) -> dict[str, Any]:
-        """This worker's staleness so far, added to rank 0's evaluation records."""
+        """This worker's staleness so far, added to rank 0's evaluation records. Rank 0, about
+        to evaluate, tells the servers, so that they and the pulls they hold outwait it
+        (after ``done`` the servers no longer listen; the final gather outwaits it)."""
+        if self.transport.rank == 0 and not self._finished:
+            self.client.evaluating()
         return {"staleness_max": max(self.stale, default=0), "pull_held_seconds": self.held_seconds}
 
     def on_train_end(self, steps: int) -> None:
@@ -312,6 +316,12 @@ class ParameterServer(Algorithm):
             # for a rank 0 that has already left the loop
             raise ConfigError("ps: train.stop_at_target and train.checkpoint_every do not compose "
                               "(workers stop at different steps); set one of them off")
+        if self.pace.name == "ssp" and self.push_every % self.pull_every:
+            # the pace is checked at pulls: a push step without one would advance this
+            # worker's clock unchecked, up to s + pull_every - 1 clocks ahead (issue 14)
+            raise ConfigError(f"ps: the ssp pace bounds staleness only when every push is followed "
+                              f"by a pull: pull_every ({self.pull_every}) must divide push_every "
+                              f"({self.push_every})")
         if self.quorum is not None and self.quorum > config.workers:
             raise ConfigError(f"algorithm.quorum must be in [1, {config.workers}] (the workers), "
                               f"got {self.quorum}")
@@ -346,9 +356,11 @@ class ParameterServer(Algorithm):
     def server_rule(self, index: int):
         """The update rule injected into the server of shard ``index`` (it holds the shard)."""
         a, b = self.bounds[index]
-        shard = flatten([p for p in self.model.parameters() if p.requires_grad])[a:b].clone()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        shard = flatten(params)[a:b].clone()
         if self.push_kind == "gradients":
-            return OptimizerRule(shard, self.optimizer, self.workers, self.pace.synchronous)
+            return OptimizerRule(shard, self.optimizer, self.workers, self.pace.synchronous,
+                                 params=params, start=a)
         return DeltaRule(shard, self.workers, self.pace.synchronous)
 
     # ---- the runtime's calls, handed to the role ---------------------------------------------

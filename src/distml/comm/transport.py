@@ -26,6 +26,10 @@ import torch.distributed as dist
 from distml.comm.oplog import END, OpLog
 from distml.errors import PeerError
 
+#: the longest any rank waits for rank 0's evaluation (far above any peer timeout)
+EVAL_WAIT_S = 1800.0
+_BARRIER_TAG = 0x0E7A1     # a long barrier's own messages (apart from every other p2p tag)
+
 _REDUCE_OPS = {
     "sum": dist.ReduceOp.SUM,
     "avg": dist.ReduceOp.AVG,
@@ -130,11 +134,16 @@ class Handle:
     def is_completed(self) -> bool:
         return self._done or self._work.is_completed()
 
-    def wait(self):
-        """Block until done; return the operation's result (the tensor, or the sender for recv)."""
+    def wait(self, timeout_s: float | None = None):
+        """Block until done; return the operation's result (the tensor, or the sender for recv).
+
+        ``timeout_s``: a longer limit than the transport's (a wait on rank 0's evaluation).
+        """
         if not self._done:
             t0 = time.perf_counter()
-            self._transport._guard(self._op, lambda: self._work.wait(self._transport.timeout))
+            limit = self._transport.timeout if timeout_s is None else \
+                datetime.timedelta(seconds=timeout_s)
+            self._transport._guard(self._op, lambda: self._work.wait(limit))
             t1 = time.perf_counter()
             if self._record is not None:
                 OpLog.end(self._record, t1)
@@ -313,8 +322,7 @@ class Transport:
         if op not in _REDUCE_OPS:
             raise ValueError(f"op must be one of {', '.join(_REDUCE_OPS)}, got {op!r}")
         n = nbytes(x)
-        if self.world_size == 1:
-            self.stats.record("all_reduce", n, n)
+        if self.world_size == 1:        # nothing is sent, nothing is counted
             return Handle(self, "all_reduce", _Done(), 0, 0, result=x) if async_op else x
         call = lambda: dist.all_reduce(x, op=_REDUCE_OPS[op], group=self.group, async_op=async_op)
         if async_op:
@@ -326,8 +334,8 @@ class Transport:
         """Broadcast ``x`` from group rank ``src`` in place."""
         n = nbytes(x)
         sent, received = (n, 0) if self.rank == src else (0, n)
-        if self.world_size == 1:
-            return x
+        if self.world_size == 1:        # nothing is sent, nothing is counted
+            return Handle(self, "broadcast", _Done(), 0, 0, result=x) if async_op else x
         call = lambda: dist.broadcast(x, src=self._global_ranks[src], group=self.group,
                                       async_op=async_op)
         if async_op:
@@ -386,19 +394,49 @@ class Transport:
 
         Args:
             timeout_s: a longer limit than the transport's, for waits on known slow work
-                (rank 0 evaluating); None uses the transport's timeout.
+                (rank 0 evaluating, see :attr:`eval_wait_s`); None uses the transport's timeout.
         """
         if self.world_size == 1:
             return
         self._delay()
         t0 = time.perf_counter()
-        limit = self.timeout if timeout_s is None else datetime.timedelta(seconds=timeout_s)
+        gloo = dist.get_backend(self.group) == "gloo"
         rec = self.oplog.begin("barrier", None, 0, t0, timeout_s)
-        self._guard("barrier", lambda: dist.monitored_barrier(
-            group=self.group, timeout=limit, wait_all_ranks=True)
-            if dist.get_backend(self.group) == "gloo" else dist.barrier(group=self.group))
+        if timeout_s is not None and gloo:
+            self._guard("barrier", lambda: self._long_barrier(datetime.timedelta(seconds=timeout_s)))
+        else:
+            self._guard("barrier", lambda: dist.monitored_barrier(
+                group=self.group, timeout=self.timeout, wait_all_ranks=True)
+                if gloo else dist.barrier(group=self.group))
         OpLog.end(rec)
         self.stats.wait_seconds += time.perf_counter() - t0
+
+    @property
+    def eval_wait_s(self) -> float:
+        """How long a rank waits for rank 0's evaluation: longer than any peer timeout."""
+        return max(self.timeout.total_seconds(), EVAL_WAIT_S)
+
+    def _long_barrier(self, limit: datetime.timedelta) -> None:
+        """A barrier whose every rank waits up to ``limit``.
+
+        gloo's ``monitored_barrier(timeout=...)`` applies the limit on rank 0 only: the
+        other ranks wait for rank 0's answer with the group's default timeout (issue 14),
+        so a rank 0 evaluating longer than ``comm.timeout_s`` killed the run. Here every
+        rank's receive is waited on with ``limit`` (gloo honours a per-wait timeout on p2p).
+        """
+        token = torch.zeros(1)
+        if self.rank == 0:
+            peers = range(1, self.world_size)
+            for h in [dist.irecv(torch.zeros(1), self._global_ranks[r], group=self.group,
+                                 tag=_BARRIER_TAG) for r in peers]:
+                h.wait(limit)
+            for h in [dist.isend(token, self._global_ranks[r], group=self.group, tag=_BARRIER_TAG)
+                      for r in peers]:
+                h.wait(limit)
+        else:
+            root = self._global_ranks[0]
+            dist.isend(token, root, group=self.group, tag=_BARRIER_TAG).wait(limit)
+            dist.irecv(torch.zeros(1), root, group=self.group, tag=_BARRIER_TAG).wait(limit)
 
     # ---- point to point --------------------------------------------------------------
     # gloo's TCP pairs read and write host memory only: its collectives stage CUDA tensors
@@ -420,13 +458,26 @@ class Transport:
                                                       tag=tag), n, 0, result=x,
                            peer=self._global_ranks[dst])
 
-    def recv(self, out: torch.Tensor, src: int | None = None, tag: int = 0) -> int:
-        """Receive into ``out``; ``src=None`` takes any sender. Returns the sender's group rank."""
+    def recv(self, out: torch.Tensor, src: int | None = None, tag: int = 0,
+             timeout_s: float | None = None) -> int:
+        """Receive into ``out``; ``src=None`` takes any sender. Returns the sender's group rank.
+
+        ``timeout_s``: a longer limit than the transport's (a wait on rank 0's evaluation).
+        """
         n = nbytes(out)
         peer = None if src is None else self._global_ranks[src]
         wire = torch.empty_like(out, device="cpu") if self._host_staged(out) else out
-        sender = self._timed("recv", lambda: dist.recv(wire, peer, group=self.group, tag=tag), 0, n,
-                             peer=peer)
+
+        def receive() -> int:
+            if timeout_s is None:
+                return dist.recv(wire, peer, group=self.group, tag=tag)
+            work = dist.irecv(wire, peer, group=self.group, tag=tag)
+            work.wait(datetime.timedelta(seconds=timeout_s))
+            got = work._source_rank() if peer is None else peer
+            return got if self.group is None or peer is not None else \
+                dist.get_global_rank(self.group, got)
+
+        sender = self._timed("recv", receive, 0, n, peer=peer)
         if wire is not out:
             out.copy_(wire)
         return self._global_ranks.index(sender)

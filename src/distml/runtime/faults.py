@@ -14,6 +14,8 @@ time (wall time minus the time inside the transport):
   factors apply. On an oversubscribed machine (2 cores, 4 processes) the real compute
   time varies with contention; a fixed step time makes the *pace* what a benchmark
   measures. Sleeps count as compute time;
+- ``slow_eval = {seconds = 5.0}``: rank 0 sleeps that long in every evaluation, as a
+  large test set or model would (tests that the others' waits outlast ``comm.timeout_s``);
 - ``crash = {rank = 1, after_s = 2.0}``: that process dies with SIGKILL 2 s after it
   joined the world (tests of failure detection);
 - ``hang = {rank = 1, step = 3}``: that worker stops for good before step 3 (alive, in

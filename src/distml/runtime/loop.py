@@ -153,6 +153,9 @@ class TrainLoop:
             result = evaluate(self.parts.algorithm.eval_model(), self.test_data, self.parts.loss_fn,
                               self.config.data.test_batch_size, self.device, self.classification,
                               dtype=self.dtype)
+            slow = self.config.faults.slow_eval
+            if slow is not None:         # injected: the others must outwait it (faults.py)
+                time.sleep(slow.seconds)
             result.update(step=step, epoch=step / self.parts.steps_per_epoch, wall_seconds=wall,
                           bytes_sent_rank0=self.transport.stats.bytes_sent, **extra)
             target = self.config.train.target_accuracy
@@ -165,7 +168,7 @@ class TrainLoop:
         if self.parts.algorithm.synchronous_eval:
             # the barrier's time is evaluation time, excluded from every clock
             saved = self.transport.stats.wait_seconds
-            self.transport.barrier(timeout_s=max(self.transport.timeout.total_seconds(), 1800.0))
+            self.transport.barrier(timeout_s=self.transport.eval_wait_s)
             self.transport.stats.wait_seconds = saved
         self.last_eval = result
         return result

@@ -170,6 +170,8 @@ def train_joined(rank: int, config: RunConfig, parts, transport: Transport, job:
               "messages": transport.stats.messages,
               "ops": transport.stats.snapshot()["ops"]}
     totals.update(parts.algorithm.rank_metrics())   # e.g. role, staleness, server counters (ps)
+    # ranks that finished first (servers, asynchronous workers) outwait rank 0's final evaluation
+    transport.barrier(timeout_s=transport.eval_wait_s)
     all_ranks = transport.all_gather_json(totals)
     # servers (ps) are not workers: totals and means are over workers (docs/design.md §5)
     per_rank = [r for r in all_ranks if r.get("role", "worker") == "worker"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, FLAG_COMPRESSED, FLAG_STOP, PULL, PUSH,
+from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, EVAL, FLAG_COMPRESSED, FLAG_STOP, PULL, PUSH,
                                  REPLY, STOP, TAG_HEADER, TAG_PAYLOAD, TAG_REPLY,
                                  TAG_REPLY_PAYLOAD, Header, empty_header)
 from distml.errors import PeerError
@@ -50,7 +50,9 @@ class PullHandle:
 
     def wait(self) -> PullResult:
         if self._result is None:
-            self._client._wait(self._handles, "pull")
+            # a pull the pace holds waits on the slowest worker, which may be rank 0
+            # evaluating: the server, which knows who is silent, is the liveness check here
+            self._client._wait(self._handles, "pull", self._client.t.eval_wait_s)
             replies = [Header.decode(h) for h in self._headers]
             for r in replies:
                 if r.op != REPLY:
@@ -83,20 +85,21 @@ class PSClient:
         self.encoder = encoder
 
     @contextmanager
-    def _about(self, what: str):
+    def _about(self, what: str, timeout_s: float | None = None):
         """Name the servers in a peer error of ``what``: raised when posting the messages (a
         server already gone resets the connection at once) or when waiting on them."""
+        limit = self.t.timeout.total_seconds() if timeout_s is None else timeout_s
         try:
             yield
         except PeerError as e:
             raise PeerError(f"worker rank {self.t.global_rank}: {what} to the parameter servers "
                             f"(ranks {self._global(self.servers)}) failed: a server died or did not "
-                            f"answer within {self.t.timeout.total_seconds():g} s ({e})") from None
+                            f"answer within {limit:g} s ({e})") from None
 
-    def _wait(self, handles: list, what: str) -> None:
-        with self._about(what):
+    def _wait(self, handles: list, what: str, timeout_s: float | None = None) -> None:
+        with self._about(what, timeout_s):
             for h in handles:
-                h.wait()
+                h.wait(timeout_s)
 
     def _global(self, ranks: list[int]) -> str:
         return ", ".join(str(self.t.global_of(r)) for r in ranks)
@@ -155,6 +158,13 @@ class PSClient:
         self._wait(handles + [h for _, h in sends], "checkpoint")
         if any(Header.decode(a).op != ACK for a in acks):
             raise PeerError("parameter server answered a checkpoint request with a non-ack")
+
+    def evaluating(self) -> None:
+        """Tell every server that this worker evaluates now: until its next message they wait
+        for it as long as the collective algorithms wait for rank 0's evaluation."""
+        with self._about("eval"):
+            sends = [self._send_header(Header(EVAL, i), srv) for i, srv in enumerate(self.servers)]
+        self._wait([h for _, h in sends], "eval")
 
     def stop(self) -> None:
         """Ask every worker to stop (they learn it from their next pull's reply)."""

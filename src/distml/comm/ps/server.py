@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import torch
 
 from distml.comm.pace import BoundedDelay, Pace, Quorum
-from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, FLAG_COMPRESSED, FLAG_STOP, PULL, PUSH,
+from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, EVAL, FLAG_COMPRESSED, FLAG_STOP, PULL, PUSH,
                                  REPLY, STOP, TAG_HEADER, TAG_PAYLOAD, TAG_REPLY,
                                  TAG_REPLY_PAYLOAD, Header, empty_header)
 from distml.errors import PeerError
@@ -96,6 +96,7 @@ class ServerLoop:
         self.final: list[int] = []                     # workers waiting for the last model
         self.ckpt: dict[int, int] = {}                 # worker -> step it asked to checkpoint
         self.stop = False                              # rank 0 asked everyone to stop (target met)
+        self.evaluating: set[int] = set()              # workers evaluating until their next message
         self.busy_seconds = 0.0
         self.bytes_in = 0
         self._last_heard = {w: time.monotonic() for w in self.workers}
@@ -134,6 +135,7 @@ class ServerLoop:
             sender = self._recv_header(hdr)
             t0 = time.perf_counter()
             self._last_heard[sender] = time.monotonic()
+            self.evaluating.discard(sender)
             self._handle(sender, Header.decode(hdr))
             self.busy_seconds += time.perf_counter() - t0
             if not self.active:
@@ -141,14 +143,17 @@ class ServerLoop:
         return self.report()
 
     def _recv_header(self, hdr: torch.Tensor) -> int:
+        """The next request; while a worker evaluates the wait is the evaluation's limit
+        (the collective algorithms' rule), else the transport's timeout."""
+        limit = self.t.eval_wait_s if self.evaluating & self.active else None
         try:
-            return self.t.recv(hdr, src=None, tag=TAG_HEADER)
+            return self.t.recv(hdr, src=None, tag=TAG_HEADER, timeout_s=limit)
         except PeerError:
             now = time.monotonic()
             silent = sorted(self.active, key=lambda w: self._last_heard[w])
             names = ", ".join(f"rank {w} ({now - self._last_heard[w]:.0f} s)" for w in silent)
             raise PeerError(f"parameter server rank {self.t.global_rank} (shard {self.shard}): no "
-                            f"message within {self.t.timeout.total_seconds():g} s; silent workers: "
+                            f"message within {limit or self.t.timeout.total_seconds():g} s; silent workers: "
                             f"{names or 'none'} — a worker died or stalled") from None
 
     def _handle(self, w: int, h: Header) -> None:
@@ -160,6 +165,8 @@ class ServerLoop:
             self.ckpt[w] = h.clock
         elif h.op == STOP:
             self.stop = True
+        elif h.op == EVAL:
+            self.evaluating.add(w)
         elif h.op == DONE:
             self.active.discard(w)
             if h.arg0:

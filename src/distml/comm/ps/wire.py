@@ -22,9 +22,9 @@ import torch
 HEADER_LEN = 8
 TAG_HEADER, TAG_PAYLOAD, TAG_REPLY, TAG_REPLY_PAYLOAD = 11, 12, 13, 14
 
-PUSH, PULL, REPLY, CHECKPOINT, ACK, DONE, STOP = 1, 2, 3, 4, 5, 6, 7
+PUSH, PULL, REPLY, CHECKPOINT, ACK, DONE, STOP, EVAL = 1, 2, 3, 4, 5, 6, 7, 8
 OP_NAMES = {PUSH: "push", PULL: "pull", REPLY: "reply", CHECKPOINT: "checkpoint", ACK: "ack",
-            DONE: "done", STOP: "stop"}
+            DONE: "done", STOP: "stop", EVAL: "eval"}
 FLAG_STOP = 1
 FLAG_COMPRESSED = 2
 

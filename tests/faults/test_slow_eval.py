@@ -1,0 +1,57 @@
+"""An evaluation on rank 0 longer than ``comm.timeout_s`` does not kill the run (issue 14, point 6).
+
+Rank 0's evaluations are slowed by ``[faults] slow_eval`` to well past the timeout; the
+other ranks wait for it — in the evaluation barrier of a collective algorithm, and in a
+held pull and the servers' receive of a parameter server — and the run finishes. A peer
+that dies is still named within the ordinary timeout (tests/ps/test_ps_runs.py).
+"""
+
+import json
+
+import pytest
+
+from procs import distml as run_cli
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(150)]
+
+TIMEOUT_S = 3
+SLOW_S = 8         # > TIMEOUT_S with margin: a wait that uses the ordinary limit fails
+
+CONFIG = """
+name = "slow_eval"
+seed = 1
+workers = 2
+[data]
+source = {{ name = "synthetic", kind = "gaussian_mixture", n_train = 256, n_test = 64, dim = 8, num_classes = 2 }}
+batch_size = 16
+[model]
+name = "mlp"
+hidden = [8]
+[optim]
+name = "sgd"
+lr = 0.05
+[algorithm]
+{algorithm}
+[comm]
+timeout_s = {timeout}
+[train]
+max_steps = 6
+eval_every = 3
+progress = false
+[faults]
+slow_eval = {{ seconds = {slow} }}
+"""
+
+
+@pytest.mark.parametrize("algorithm", [
+    'name = "sync_sgd"',
+    'name = "ps"\nservers = 1\npace = "bsp"',
+    'name = "ps"\nservers = 1\npace = {name = "ssp", staleness = 1}',
+], ids=["sync_sgd", "ps_bsp", "ps_ssp"])
+def test_a_slow_evaluation_outlasts_the_timeout(tmp_path, algorithm):
+    path = tmp_path / "run.toml"
+    path.write_text(CONFIG.format(algorithm=algorithm, timeout=TIMEOUT_S, slow=SLOW_S))
+    res = run_cli("run", str(path), "--out", str(tmp_path / "out"), timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert all(r["steps"] == 6 for r in s["per_rank"] if r.get("role") != "server"), s["per_rank"]
