@@ -229,7 +229,7 @@ def test_output_folder_in_proc(tmp_path):
 
 def test_output_folder_on_a_read_only_file_system(tmp_path):
     with tmpfs(tmp_path / "ro", "ro,size=1m") as disk:
-        refused_before_training(tmp_path, disk / "run", "Read-only file system")
+        refused_before_training(tmp_path, disk / "run", f"{disk} is on a read-only file system")
 
 
 def test_output_folder_on_a_full_disk(tmp_path):

@@ -74,7 +74,9 @@ def check_run_dir_writable(path: Path) -> None:
     except (OSError, ValueError) as e:
         raise UserError(f"cannot use the run folder {path}: {e}; choose another --out") from None
     if not usable:
-        what = "is not a folder" if not existing.is_dir() else "is not writable"
+        what = ("is not a folder" if not existing.is_dir() else
+                "is on a read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else
+                "is not writable")
         raise UserError(f"cannot write to the run folder {path}: {existing} {what}; choose "
                         "another --out")
 
