@@ -46,7 +46,7 @@ def test_compare_then_report(tmp_path):
     assert "lr=0.3" in res.stdout                     # the terminal table
 
     sim = distml("simulate", "--profile", str(runs[0]), "--workers", "2,16", "--bandwidth", "1Gbit",
-                 "--latency", "1ms", "--json", timeout=60)
+                 "--latency", "1ms", "--software-latency", "calibrated", "--json", timeout=60)
     assert sim.returncode == 0, sim.stderr
     out_sim = json.loads(sim.stdout)
     s = json.loads((runs[0] / "summary.json").read_text())
@@ -54,8 +54,9 @@ def test_compare_then_report(tmp_path):
     ar = out_sim["profile"]["ops"]["all_reduce"]
     sent = sum(pr["ops"]["all_reduce"]["bytes_sent"] for pr in s["per_rank"])
     assert ar["bytes"] == pytest.approx(sent / s["workers"] / s["steps"])
-    eff, a_sw = out_sim["efficiency"], out_sim["alpha_sw"]
+    eff, a_sw = out_sim["goodput"], out_sim["software_latency_s"]
     assert eff == pytest.approx(1448 / 1547) and a_sw >= 0
+    assert a_sw == out_sim["calibrated_software_latency_s"]
     ring16 = next(r for r in out_sim["projection"] if r["workers"] == 16
                   and r["topology"] == "ring_allreduce" and r["payload"] == "run")
     # 2(N-1)/N·M/(η·B) + calls·2(N-1)·(α_net + α_sw)
@@ -63,7 +64,7 @@ def test_compare_then_report(tmp_path):
     assert ring16["comm_seconds"] == pytest.approx(expected)
     assert ring16["step_seconds"] == pytest.approx(expected + s["compute_seconds"] / s["steps"])
     plain = distml("simulate", "--profile", str(runs[0]), "--workers", "16", "--bandwidth", "1Gbit",
-                   "--latency", "1ms", "--efficiency", "1", "--sw-latency", "0", "--json", timeout=60)
+                   "--latency", "1ms", "--goodput", "1", "--json", timeout=60)   # software latency 0 by default
     ring = next(r for r in json.loads(plain.stdout)["projection"] if r["topology"] == "ring_allreduce")
     assert ring["comm_seconds"] == pytest.approx(2 * 15 / 16 * ar["bytes"] / 125e6
                                                  + ar["calls"] * 2 * 15 * 1e-3)
