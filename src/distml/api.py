@@ -271,7 +271,8 @@ def compare(configs: list[str | os.PathLike], vary: list[str] | None = None, rep
     """Run every config × variant × repeat sequentially, then report on all of them.
 
     Returns:
-        ``make_report``'s result plus ``"runs"``: the run folders.
+        ``make_report``'s result (``report.md``, ``report.json``, plots and the
+        self-contained ``report.html``) plus ``"runs"``: the run folders.
     """
     from distml.runtime.report import make_report
     refuse_in_worker_import()
@@ -303,6 +304,6 @@ def compare(configs: list[str | os.PathLike], vary: list[str] | None = None, rep
         summary = run(path, overrides=[*(overrides or []), *combo, *seed_shift, "train.progress=false"],
                       out=root / label)
         run_dirs.append(Path(summary["run_dir"]))
-    result = make_report(run_dirs, root)
+    result = make_report(run_dirs, root, html=True)
     result["runs"] = [str(d) for d in run_dirs]
     return result

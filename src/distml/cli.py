@@ -259,7 +259,7 @@ def cmd_compare(args) -> int:
         return EXIT_USER if e.user_error else 1
     from distml.runtime.report import terminal_table
     print(terminal_table(result["rows"]))
-    print(f"report: {result['markdown']}")
+    print(f"report: {result['markdown']} and {result['html']} (self-contained: open it in a browser)")
     return 0
 
 

@@ -44,6 +44,8 @@ def test_compare_then_report(tmp_path):
     md = (out / "report.md").read_text()
     assert md.count("| lr=") == 2 and "![test_accuracy](test_accuracy.png)" in md
     assert "lr=0.3" in res.stdout                     # the terminal table
+    page = (out / "report.html").read_text()          # compare writes the HTML page too
+    assert page.count("data:image/png;base64,") >= 3 and "lr=0.02" in page
 
     sim = distml("simulate", "--profile", str(runs[0]), "--workers", "2,16", "--bandwidth", "1Gbit",
                  "--latency", "1ms", "--software-latency", "calibrated", "--json", timeout=60)
