@@ -10,6 +10,7 @@ import torch
 
 from procs import distml
 from test_alg_pipeline import STEPS, check_equal
+from test_alg_tensor_parallel import check_tensor_parallel_traffic
 
 TEMPLATE = """
 name = "mp"
@@ -59,9 +60,11 @@ def run_lm(tmp_path, algorithm):
 @pytest.mark.multiprocess
 @pytest.mark.timeout(180)
 def test_tensor_parallel_splits_heads_and_mlp_exactly(tmp_path):
-    events = run_lm(tmp_path, 'name = "tensor_parallel"')
-    # per step: 2 blocks x 2 row-parallel outputs (8 x 16 x 16 float64) all-reduced forward
-    assert events[-1]["bytes_sent"] >= STEPS * 4 * 8 * 16 * 16 * 8
+    run_lm(tmp_path, 'name = "tensor_parallel"')
+    # per block and step, all-reduces of (batch 8 × context 16 × d_model 16) float64:
+    # forward, the attention output's and fc2's partial sums (row-parallel); backward,
+    # the input gradients of q, k, v and fc1 (column-parallel, inputs that need one)
+    check_tensor_parallel_traffic(tmp_path, per_step=[8 * 16 * 16 * 8] * 6 * 2)
 
 
 @pytest.mark.multiprocess

@@ -7,6 +7,8 @@ import torch
 
 from procs import distml
 from distml.algorithms.pipeline import Pipeline, balance, layer_times
+from distml.algorithms._sequential import sequential_of
+from distml.algorithms.pipeline import balance as balance_of   # "balance" is a parameter below
 from distml.config import load_config
 from distml.errors import ConfigError
 from distml.models import build_loss
@@ -84,11 +86,25 @@ def check_equal(tmp_path, algorithm, config=CONFIG):
 def test_pipeline_equals_single_process(tmp_path, schedule, balance):
     events = check_equal(tmp_path, f'name = "pipeline"\nschedule = "{schedule}"\nmicrobatches = 4\n'
                                    f'balance = "{balance}"')
-    # stage 0 sent the activations (batch 32 × 64 float64 per step), stage 1 their gradients
-    act = STEPS * 32 * 64 * 8
-    assert events[-1]["bytes_sent"] >= act
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["bytes_sent"] >= 2 * act
+    p2p = [r["ops"]["pipeline_p2p"] for r in summary["per_rank"]]
+    if balance == "params":
+        # exact, from the model's shapes: stage 0 sends each micro-batch's activations at
+        # the cut (the whole batch of 32 per step, float64) and receives their gradients;
+        # stage 1 the other way round; 4 micro-batches × (1 send + 1 receive) per step
+        cfg = load_config(tmp_path / "c.toml")
+        model = build_model_for(cfg, SOURCES.build(cfg.data.source, seed=cfg.seed).info)
+        layers = list(sequential_of("pipeline", model))
+        cut = balance_of([sum(q.numel() for q in m.parameters()) for m in layers], 2)[1]
+        width = torch.nn.Sequential(*layers[:cut])(torch.zeros(1, 64)).numel()
+        act = STEPS * 32 * width * 8
+        for r in p2p:
+            assert (r["bytes_sent"], r["bytes_received"], r["calls"]) == (act, act, STEPS * 8), r
+        assert events[-1]["bytes_sent"] >= act
+    # the schedule's time beyond each stage's arithmetic is communication, on both ranks
+    assert all(r["seconds"] > 0 for r in p2p)
+    for rank in summary["per_rank"]:
+        assert rank["comm_seconds"] >= rank["ops"]["pipeline_p2p"]["seconds"]
 
 
 def test_balance_by_parameter_count():

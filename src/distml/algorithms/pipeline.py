@@ -8,9 +8,13 @@ time (``balance = "time"``: each layer's forward + backward timed on one micro-b
 the first batch, by rank 0, broadcast so every rank cuts alike); each global batch
 is cut into M micro-batches; torch.distributed.pipelining runs the schedule over the
 Transport's process group. The communicated content is activations (forward) and
-their gradients (backward); their bytes are counted on the transport as op
-``pipeline_p2p`` (time inside torch's schedule cannot be split out and counts as
-compute). Gradients are averaged over micro-batches, so a step equals the
+their gradients (backward). Every send and receive the schedule posts is counted on
+the transport as op ``pipeline_p2p`` from the point-to-point operations themselves
+(:func:`distml.comm.counted.counted_stage`: the stage's ``get_*_ops`` return them), and the schedule's
+time outside this stage's forward, backward and loss (posting, waiting for the
+neighbouring stages, their bubbles) is booked as that op's communication time. Only
+torch's one-off warm-up vote (two 4-byte tensors per neighbour at the first step)
+is not counted. Gradients are averaged over micro-batches, so a step equals the
 single-process step on the whole batch.
 
 Tied weights across stages (``transformer_lm``'s token embedding, which is also its
@@ -36,6 +40,7 @@ from torch import nn
 from distml.algorithms._sequential import flat, sequential_of, unflat
 from distml.algorithms.base import Algorithm, Supports
 from distml.algorithms.registry import ALGORITHMS
+from distml.comm.counted import P2P_OP, counted_stage
 from distml.errors import ConfigError
 from distml.optim import build_optimizer, build_schedule, needs_closure
 from distml.partition import PARTITIONS, make_loader
@@ -162,7 +167,7 @@ class Pipeline(Algorithm):
                 "balance": "parameter count" if self.balance == "params" else "measured time"}
 
     def run(self, loop):
-        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+        from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe
 
         p, t, cfg = loop.parts, loop.transport, loop.config
         self.check_config(cfg)
@@ -177,7 +182,6 @@ class Pipeline(Algorithm):
         stage_mod = nn.Sequential(*layers[lo:hi])    # shares the layers with p.model
         self.tied = shared_parameters(layers, self.bounds)
         mine = {id(q) for q in stage_mod.parameters()}
-        self._count_bytes(stage_mod, t.rank, k)
         order = make_loader(p.source, PARTITIONS.build(cfg.data.partition), 0, 1,
                             cfg.data.batch_size, cfg.seed, samples_per_epoch=cfg.data.samples_per_epoch)
         first_x, _ = next(iter(order.batches(0)))
@@ -185,10 +189,10 @@ class Pipeline(Algorithm):
         inp, out = stage_io(layers, self.bounds, micro)[t.rank]
         # static shapes: without them torch infers them by running every stage once more
         # in training mode, which would update BatchNorm statistics with a fake batch
-        stage = PipelineStage(stage_mod, t.rank, k, torch.device(loop.device),
+        stage = counted_stage(t.stats, stage_mod, t.rank, k, torch.device(loop.device),
                               input_args=inp, output_args=out, group=t.group)
         kind = ScheduleGPipe if self.schedule_name == "gpipe" else Schedule1F1B
-        sched = kind(stage, self.microbatches, loss_fn=p.loss_fn)
+        sched = kind(stage, self.microbatches, loss_fn=stage.timed(p.loss_fn))
         opt = build_optimizer(cfg.optim.spec(), stage_mod.parameters())
         spe = order.steps_per_epoch
         total = total_steps(cfg.train.epochs, spe, cfg.train.max_steps)
@@ -200,6 +204,7 @@ class Pipeline(Algorithm):
             _, x, y = next(it)
             opt.zero_grad(set_to_none=True)
             losses: list[torch.Tensor] = []
+            started, computed = time.perf_counter(), stage.compute_seconds
             if t.rank == 0:
                 sched.step(loop.to_device(x), target=loop.to_device(y) if k == 1 else None,
                            losses=losses if k == 1 else None)
@@ -207,6 +212,9 @@ class Pipeline(Algorithm):
                 sched.step(target=loop.to_device(y), losses=losses)
             else:
                 sched.step()
+            if k > 1:     # the schedule's time beyond this stage's own arithmetic
+                outside = time.perf_counter() - started - (stage.compute_seconds - computed)
+                t.stats.record(P2P_OP, seconds=max(outside, 0.0), calls=0)
             self._sum_tied_grads(mine)
             opt.step()
             lr_sched.step()
@@ -231,22 +239,6 @@ class Pipeline(Algorithm):
             times = torch.tensor(layer_times(layers, x), dtype=torch.float64)
         self.layer_seconds = [float(v) for v in t.broadcast(times, src=0)]
         return self.layer_seconds
-
-    def _count_bytes(self, mod: nn.Module, rank: int, k: int) -> None:
-        stats = self.transport.stats
-
-        def out_hook(_m, _inp, out):         # activation sent, its gradient received
-            n = out.numel() * out.element_size()
-            stats.record("pipeline_p2p", n, n, 0.0)
-
-        def in_hook(_m, inp):                # activation received, its gradient sent
-            n = inp[0].numel() * inp[0].element_size()
-            stats.record("pipeline_p2p", n, n, 0.0)
-
-        if rank < k - 1:
-            mod.register_forward_hook(out_hook)
-        if rank > 0:
-            mod.register_forward_pre_hook(in_hook)
 
     def _sum_tied_grads(self, mine: set[int]) -> None:
         """Sum the gradients of the copies of a weight that several stages hold (every rank

@@ -11,9 +11,11 @@ A transformer (``transformer_lm``, or any model with a ``tp_plan(degree)`` metho
 split the same way per block: q, k, v and the MLP's first Linear by columns — whole
 attention heads per rank — and the attention output and the MLP's second Linear by
 rows; embeddings, LayerNorms and the tied head stay replicated. Every rank reads the
-same batch. The collectives are torch's (DTensor); their payload
-is counted on the transport as op ``tensor_parallel`` (the row-parallel outputs, and
-the block inputs' gradients where the input needs one).
+same batch. The collectives are torch's (DTensor); the training step runs inside
+:class:`~distml.comm.counted.CountedCollectives`, which counts each of them on the
+transport as op ``tensor_parallel`` with its time as communication (forward: the
+row-parallel outputs' all-reduces; backward: the column-parallel inputs' gradients,
+where the input needs one).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from distml.algorithms._sequential import sequential_of
 from distml.algorithms.base import Algorithm, Supports
 from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buffers import copy_buffers
+from distml.comm.counted import CountedCollectives
 from distml.errors import ConfigError
 from distml.optim import build_optimizer, build_schedule, needs_closure
 from distml.partition import PARTITIONS, make_loader
@@ -119,8 +122,6 @@ class TensorParallel(Algorithm):
         else:
             mesh = DeviceMesh.from_group(t.group, device.type)
         styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
-        for path, style in plan.items():
-            self._count_bytes(root.get_submodule(path), style)
         parallelize_module(root, mesh, {path: styles[style]() for path, style in plan.items()})
         self.tp_model = p.model
         opt = build_optimizer(cfg.optim.spec(), p.model.parameters())
@@ -134,30 +135,14 @@ class TensorParallel(Algorithm):
         def step(s: int) -> float:
             _, x, y = next(it)
             opt.zero_grad(set_to_none=True)
-            loss = p.loss_fn(p.model(loop.to_device(x)), loop.to_device(y))
-            loss.backward()
+            with CountedCollectives(t.stats, "tensor_parallel", t.world_size):
+                loss = p.loss_fn(p.model(loop.to_device(x)), loop.to_device(y))
+                loss.backward()
             opt.step()
             lr_sched.step()
             return float(loss.detach())
 
         return loop.run_steps(step, total, steps_per_epoch=spe)
-
-    def _count_bytes(self, module: nn.Module, style: str) -> None:
-        stats = self.transport.stats
-
-        def row_out(_m, _inp, out):          # the forward all-reduce of partial outputs
-            n = out.numel() * out.element_size()
-            stats.record("tensor_parallel", n, n, 0.0)
-
-        def col_in(_m, inp):                 # the backward all-reduce of the input gradient
-            if inp[0].requires_grad:
-                n = inp[0].numel() * inp[0].element_size()
-                stats.record("tensor_parallel", n, n, 0.0)
-
-        if style == "rowwise":
-            module.register_forward_hook(row_out)
-        else:
-            module.register_forward_pre_hook(col_in)
 
     @torch.no_grad()
     def at_eval(self, step: int) -> dict[str, Any]:
