@@ -57,6 +57,7 @@ PRECISIONS = ("fp32", "bf16")
 ALGORITHM_PARAMS = {
     "sync_sgd": {},
     "local_sgd": {"period": 4},
+    "diloco": {"period": 4},
     "ps": {"servers": 1},
     "gossip": {"graph": "ring"},
     "admm": {"local_steps": 2},
