@@ -51,7 +51,8 @@ def concatenated_sgd(cfg, steps: int, workers: int = 2, accumulate: int = 1,
 def launched_state(script: str, tmp_path: Path, timeout: float = 100) -> dict:
     """Run ``tests/runtime/<script> OUT`` under ``distml launch -n 2``; the state dict rank 0 saved."""
     saved = tmp_path / "model.pt"
-    res = distml("launch", "-n", "2", str(Path(__file__).parent / script), str(saved), timeout=timeout)
+    res = distml("launch", "-n", "2", str(Path(__file__).parent / "runtime" / script), str(saved),
+                 timeout=timeout)
     assert res.returncode == 0, res.stderr[-3000:]
     return torch.load(saved, weights_only=True)
 
