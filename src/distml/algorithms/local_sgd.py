@@ -215,11 +215,9 @@ class LocalSGD(Algorithm):
             raise ConfigError("this local_sgd checkpoint predates outer optimizers; "
                               "start the run again without --resume")
         if (state["outer"] is None) != (self.outer is None):
-            raise ConfigError("the checkpoint was written with"
-                              + ("out" if state["outer"] is None else "")
-                              + " an outer optimizer (or bmuf) and this run "
-                              + ("has one" if self.outer is not None else "has none")
-                              + "; resume with the configuration it was written with")
+            raise ConfigError("the checkpoint and this run disagree on the outer optimizer "
+                              "(outer_optimizer / bmuf); resume with the configuration the "
+                              "checkpoint was written with")
         self.anchor.copy_(state["anchor"])
         if self.outer is not None:
             self.outer_w.data.copy_(state["outer"]["w"])

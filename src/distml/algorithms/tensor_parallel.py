@@ -132,10 +132,12 @@ class TensorParallel(Algorithm):
         lr_sched = build_schedule(cfg.optim.schedule, opt, total)
         it = batches(order, spe, total, full_batch=p.full_batch)
 
+        counted = CountedCollectives(t.stats, "tensor_parallel", t.world_size)
+
         def step(s: int) -> float:
             _, x, y = next(it)
             opt.zero_grad(set_to_none=True)
-            with CountedCollectives(t.stats, "tensor_parallel", t.world_size):
+            with counted:
                 loss = p.loss_fn(p.model(loop.to_device(x)), loop.to_device(y))
                 loss.backward()
             opt.step()

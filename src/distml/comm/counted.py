@@ -20,10 +20,9 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from distml.comm.transport import nbytes
+from distml.comm.transport import is_send, nbytes
 
 #: the transport counter of the pipeline stages' sends and receives
 P2P_OP = "pipeline_p2p"
@@ -47,7 +46,7 @@ def counted_stage(stats, *args, **kwargs):
         def _count(self, ops):
             for op in ops:
                 n = op.tensor.numel() * op.tensor.element_size()
-                sent = op.op is dist.isend
+                sent = is_send(op)
                 stats.record(P2P_OP, n if sent else 0, 0 if sent else n)
             return ops
 
@@ -102,19 +101,21 @@ class CountedCollectives(TorchDispatchMode):
 
     DTensor lowers a sharded layer's redistributions to these ops, so a mode entered
     around the training step sees every byte tensor parallelism moves, forward and
-    backward (dispatch modes follow the autograd engine into the backward pass).
+    backward (dispatch modes follow the autograd engine into the backward pass). Build
+    one per run and enter it at every step.
     """
 
     def __init__(self, stats, op: str, world_size: int):
         from torch.distributed.tensor import DTensor   # half a second: only where it is used
 
         super().__init__()
-        self.stats, self.op, self.world, self._dtensor = stats, op, world_size, DTensor
+        self.stats, self.op, self._dtensor = stats, op, DTensor
+        w = world_size           # (sent, received) for an input of n bytes
         self._sizes = {
             _FUNCOL.all_reduce.default: lambda n: (n, n),
             _FUNCOL.all_reduce_.default: lambda n: (n, n),
-            _FUNCOL.all_gather_into_tensor.default: lambda n: (n, n * (self.world - 1)),
-            _FUNCOL.reduce_scatter_tensor.default: lambda n: (n, n // self.world),
+            _FUNCOL.all_gather_into_tensor.default: lambda n: (n, n * (w - 1)),
+            _FUNCOL.reduce_scatter_tensor.default: lambda n: (n, n // w),
             _FUNCOL.all_to_all_single.default: lambda n: (n, n),
         }
 

@@ -4,7 +4,9 @@ Every byte that crosses a process boundary goes through :class:`Transport`, so e
 byte is counted (per operation kind), every wait has a timeout, and a dead peer turns
 into a :class:`~distml.errors.PeerError` instead of a hang. Algorithms never import
 ``torch.distributed``; the model-parallel ones may take :attr:`Transport.group` for
-torch's own pipelining / tensor-parallel modules.
+torch's own pipelining / tensor-parallel modules, whose traffic
+:mod:`distml.comm.counted` counts on this transport's stats (it uses torch's stage and
+DTensor classes, never ``torch.distributed``'s calls: :func:`is_send` is here).
 
 Bytes follow docs/design.md §5: ``sent`` is the payload a rank hands to the transport (its
 all-reduce input, its sends), ``received`` is what it gets back; the collective's
@@ -111,6 +113,11 @@ class CommStats:
 
 def nbytes(x: torch.Tensor) -> int:
     return x.numel() * x.element_size()
+
+
+def is_send(p2p_op: dist.P2POp) -> bool:
+    """Whether a point-to-point operation torch posts for us (pipelining) sends its tensor."""
+    return p2p_op.op is dist.isend
 
 
 class Handle:
