@@ -39,7 +39,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     if len(xs) < 2:
         return m, m, m
     from scipy import stats      # only here: the benches need scipy, the library does not
-    half = stats.t.ppf(0.5 + confidence / 2, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(xs) - 1)) * statistics.stdev(xs) / math.sqrt(len(xs))
     return m, m - half, m + half
 
 
