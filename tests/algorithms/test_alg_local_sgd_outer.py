@@ -15,6 +15,7 @@ import torch
 
 from procs import distml
 from references import rank_streams
+from distml.algorithms._fragments import Fragment
 from distml.algorithms.local_sgd import DILOCO_OUTER, DiLoCo, LocalSGD
 from distml.config import load_config
 from distml.errors import ConfigError
@@ -24,8 +25,8 @@ from distml.runtime.build import build_model_for
 
 
 def _anchors(alg, x0, means):
-    alg.start_from(x0)
-    return [alg._target(m.clone()).clone() for m in means]
+    fragment = Fragment([x0.clone()], alg.outer_spec, alg.codec)     # the whole model: one fragment
+    return [fragment.outer_step(m.clone()).clone() for m in means]
 
 
 def _means(n=6, d=5):

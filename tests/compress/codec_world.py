@@ -24,7 +24,9 @@ torch.set_num_threads(1)
 SPECS = [["fp16"], ["bf16"], [{"name": "qsgd", "bits": 2}], [{"name": "qsgd", "bits": 4}],
          [{"name": "qsgd", "bits": 8}], ["sign"], [{"name": "topk", "ratio": 0.05}],
          [{"name": "threshold", "tau": 1.0}], [{"name": "randomk", "ratio": 0.1}],
-         [{"name": "topk", "ratio": 0.05}, "fp16"], [{"name": "powersgd", "rank": 1}]]
+         [{"name": "topk", "ratio": 0.05}, "fp16"],
+         [{"name": "topk", "ratio": 0.05}, {"name": "qsgd", "bits": 2}],     # SparseLoCo
+         [{"name": "powersgd", "rank": 1}]]
 
 if scenario in ("codecs", "all"):
     for spec in SPECS:

@@ -10,7 +10,11 @@ from distml.errors import ConfigError
 SPECS = [n for n in CODECS.names() if CODECS.meta(n).get("kind") != "reducer"] + [
     {"name": "qsgd", "bits": 2}, {"name": "qsgd", "bits": 8}, {"name": "qsgd", "norm": "l2"},
     {"name": "topk", "ratio": 0.3}, {"name": "threshold", "tau": 0.5}]
-CHAINS = [["topk", "fp16"], [{"name": "randomk", "ratio": 0.2}, "bf16"], ["sign", "fp16"]]
+#: SparseLoCo (Sarfi et al. 2025): top-k, then 2-bit QSGD of the kept values
+SPARSELOCO = [{"name": "topk", "ratio": 0.01}, {"name": "qsgd", "bits": 2}]
+CHAINS = [["topk", "fp16"], [{"name": "randomk", "ratio": 0.2}, "bf16"], ["sign", "fp16"],
+          SPARSELOCO, [{"name": "randomk", "ratio": 0.2}, {"name": "qsgd", "bits": 4}, "fp16"],
+          [{"name": "threshold", "tau": 0.5}, "sign"]]
 
 
 def _codec(spec, ef=False):
@@ -131,7 +135,11 @@ def test_invalid_parameters_and_compositions_fail_with_the_valid_range():
     with pytest.raises(ConfigError, match="registered: bf16, fp16"):
         _codec("zip")
     with pytest.raises(ConfigError, match="only element-wise casts"):
-        _codec(["topk", "sign"])
+        _codec(["topk", "fp16", "sign"])
+    with pytest.raises(ConfigError, match="only element-wise casts"):
+        _codec(["topk", "qsgd", "sign"])
+    with pytest.raises(ConfigError, match="may follow only a sparsifier"):
+        _codec(["qsgd", "sign"])
     with pytest.raises(ConfigError, match="must be the only codec"):
         _codec(["powersgd", "fp16"])
     with pytest.raises(ConfigError, match="keeps its own error feedback"):
@@ -141,3 +149,32 @@ def test_invalid_parameters_and_compositions_fail_with_the_valid_range():
     with pytest.raises(ValueError):
         with_error_feedback(CODECS.build("powersgd"))
     assert chain(CODECS.build("fp16")).describe() == "float16"
+
+
+def test_sparseloco_chain_sends_k_indices_2_bit_values_and_their_scales():
+    """top-k 1 % then 2-bit QSGD of the kept values: k int32 indices, k values at 4 to a byte,
+    one fp32 scale per 512 kept values (QSGD's bucket) — and nothing else."""
+    x = _x(torch.float32, (100_000,))
+    codec = _codec(SPARSELOCO)
+    payload, state = codec.compress(x, codec.init(x))
+    k = 1000
+    assert codec.wire_bytes(payload) == 4 * k + -(-2 * k // 8) + 4 * -(-k // 512) == 4258
+    assert 4 * x.numel() / codec.wire_bytes(payload) > 93
+    y = codec.decompress(payload, x, state)
+    kept = torch.topk(x.abs(), k).indices
+    assert (y != 0).sum() <= k and torch.all(y[y != 0].sign() == x[y != 0].sign())
+    assert set(torch.nonzero(y).reshape(-1).tolist()) <= set(kept.tolist())
+    assert codec.describe() == "chain(topk(0.01), qsgd(2bit))"
+
+
+def test_sparseloco_error_feedback_keeps_what_was_not_sent():
+    """Each round: what was sent (decoded) + the new residual == the input + the old residual."""
+    codec = _codec(SPARSELOCO, ef=True)
+    state = codec.init(_x(torch.float64))
+    for s in range(4):
+        x = _x(torch.float64, seed=s)
+        old = state["residual"].clone()
+        payload, state = codec.compress(x, state)
+        sent = codec.decompress(payload, x, state).reshape(-1)
+        assert torch.allclose(sent + state["residual"], x.reshape(-1) + old, atol=1e-12, rtol=0)
+        assert state["residual"].abs().max() > 0

@@ -61,6 +61,9 @@ ALGORITHM_PARAMS = {
     # after the extrapolated last step (test loss up, training loss down; docs/compression.md)
     "diloco": {"period": 4, "outer_optimizer": {"name": "sgd", "lr": 0.7, "momentum": 0.5,
                                                 "nesterov": True}},
+    "streaming_diloco": {"period": 4, "fragments": 2, "overlap_steps": 1, "mixing": 0.5,
+                         "outer_optimizer": {"name": "sgd", "lr": 0.7, "momentum": 0.5,
+                                             "nesterov": True}},
     "ps": {"servers": 1},
     "gossip": {"graph": "ring"},
     "admm": {"local_steps": 2},

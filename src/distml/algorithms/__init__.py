@@ -2,7 +2,7 @@
 (held by :mod:`distml.algorithms.registry`, below the algorithms)."""
 
 from distml.algorithms import sync_sgd  # noqa: F401  (registers itself)
-from distml.algorithms import local_sgd  # noqa: F401  (issue 4: local SGD)
+from distml.algorithms import local_sgd, streaming_diloco  # noqa: F401  (issues 4, 15)
 from distml.algorithms import cocoa, feature_split, hogwild, pipeline, tensor_parallel  # noqa: F401  (issue 6)
 from distml.algorithms import ps  # noqa: F401  (issue 3: parameter server)
 from distml.algorithms import admm, ensemble, ensemble_compression, gossip  # noqa: F401  (issue 5)

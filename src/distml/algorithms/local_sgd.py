@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
+from distml.algorithms._fragments import Fragment
 from distml.algorithms.base import Algorithm, LOOP_STEP, Supports
 from distml.algorithms.registry import ALGORITHMS
-from distml.comm.buckets import broadcast_module, flatten, unflatten_into
+from distml.comm.buckets import broadcast_module
 from distml.comm.buffers import average_buffers
-from distml.comm.compress import init_state, reduce_mean, start_reduce
 from distml.errors import ConfigError
 from distml.optim import build_optimizer, needs_closure
 from distml.registry import split_spec
@@ -98,97 +98,118 @@ class LocalSGD(Algorithm):
                                   "(sgd, adam, ...)")
         self.codec = codec
         self.syncs = 0
-        self._pending = None
+        self.peak_sync_bytes = 0
         self.hidden_seconds = self.blocked_seconds = 0.0
+
+    # -- what a variant changes (Streaming DiLoCo: fragments, their schedules, the merge) --
+
+    def split(self, params: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """The groups of parameter tensors averaged on their own: the whole model, here."""
+        return [params]
+
+    def due(self, done: int) -> list[int]:
+        """The fragments whose averaging starts after ``done`` steps."""
+        return [0] if done <= self.warmup_steps or (done - self.warmup_steps) % self.period == 0 \
+            else []
+
+    def merge_step(self, done: int) -> int | None:
+        """After how many steps an averaging started after ``done`` steps is merged; None:
+        at once (no overlap). Pipelined: when the next averaging starts (Overlap Local-SGD)."""
+        if not self.pipeline:
+            return None
+        nxt = done + 1
+        while not self.due(nxt):
+            nxt += 1
+        return nxt
+
+    def merge(self, x: torch.Tensor, sent_point: torch.Tensor, anchor: torch.Tensor,
+              progressed: bool) -> tuple[torch.Tensor, bool]:
+        """The parameters after an averaging lands, and whether they are the anchor (the
+        same on every rank): the new anchor plus the local progress made since the delta
+        was sent (none without overlap: ``x`` is ``sent_point``)."""
+        return anchor + (x - sent_point), not progressed
+
+    # -- the mechanism --
 
     def setup(self, model, optimizer, transport) -> None:
         super().setup(model, optimizer, transport)
         broadcast_module(model, transport)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        # the point every block starts from (deltas are relative to it), and the outer
-        # optimizer's own copy of it (its parameter; its state holds e.g. the momentum)
-        self.start_from(flatten(self.params))
-        self.codec_state = init_state(self.codec, self.anchor, [p.shape for p in self.params])
-        self._sent: torch.Tensor | None = None                 # the delta in flight (pipeline)
-
-    def start_from(self, x: torch.Tensor) -> None:
-        """Make ``x`` the anchor (the agreed model) and the outer optimizer's parameter."""
-        self.anchor = x.detach().clone()
-        self.outer_w = self.outer = None
-        if self.outer_spec is not None:
-            self.outer_w = torch.nn.Parameter(self.anchor.clone(), requires_grad=False)
-            self.outer = build_optimizer(self.outer_spec, [self.outer_w])
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.fragments = [Fragment(group, self.outer_spec, self.codec)
+                          for group in self.split(params)]
+        self.done = 0                                          # steps done (after_step calls)
 
     def is_sync_step(self, step: int) -> bool:
-        done = step + 1
-        return done <= self.warmup_steps or (done - self.warmup_steps) % self.period == 0
-
-    def _target(self, mean: torch.Tensor) -> torch.Tensor:
-        """Move the anchor (the next block's start) by the averaged delta and return it.
-
-        With an outer optimizer, one step of it on the pseudo-gradient ``-mean`` (DiLoCo's
-        outer step; BMUF's Δ = η Δ + ζ G, W = W + Δ, next block at W + η Δ).
-        """
-        if self.outer is None:
-            self.anchor += mean
-            return self.anchor
-        self.outer_w.grad = -mean
-        self.outer.step()
-        self.anchor.copy_(self.outer_w)
-        return self.anchor
+        return bool(self.due(step + 1))
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
-        if self.transport.world_size == 1 or not self.is_sync_step(step):
+        if self.transport.world_size == 1:
             return
-        x = flatten(self.params)
-        if not self.pipeline:
-            mean, self.codec_state = reduce_mean(x - self.anchor, self.codec, self.codec_state,
-                                                 self.transport)
-            unflatten_into(self._target(mean), self.params)
+        self.done = step + 1
+        for f in self.fragments:
+            f.in_agreement = False                             # this step moved them
+        for f in self.fragments:                               # first land what is due ...
+            if f.pending is not None and f.merge_at <= self.done:
+                self._land(f)
+        due = [self.fragments[i] for i in self.due(self.done)]  # ... then start what is due
+        if due:
+            self._sync(due, self.merge_step(self.done))
+
+    def _sync(self, fragments: list[Fragment], merge_at: int | None, final: bool = False) -> None:
+        """Average ``fragments`` (and the buffers): now, or in the background until ``merge_at``.
+        ``final``: every rank ends on the new anchor (the end of training)."""
+        sent = lambda: self.transport.stats.bytes_sent          # noqa: E731
+        if merge_at is None:
+            sizes = []
+            for f in fragments:
+                before = sent()
+                sent_point, anchor = f.reduce(self.transport)
+                sizes.append(sent() - before)
+                x, f.in_agreement = (anchor, True) if final else \
+                    self.merge(sent_point, sent_point, anchor, progressed=False)
+                f.write(x)
+            before = sent()
             average_buffers(self.model, self.transport)
+            # each fragment's reduction is one synchronization, counted with the buffers
+            # (several fragments at once only in the warm-up and at the end)
+            self._count(max(sizes) + sent() - before)
         else:
-            x = self._merge(x)
+            before = sent()
             # buffers now: no other collective may run while the reduce is in flight
             average_buffers(self.model, self.transport)
-            self._sent = x - self.anchor
-            self._pending = start_reduce(self._sent, self.codec, self.codec_state, self.transport)
+            (f,) = fragments             # the schedules never put two reductions in flight
+            f.start(self.transport, self.done, merge_at, sent() - before)
         self.syncs += 1
 
-    def _merge(self, x: torch.Tensor) -> torch.Tensor:
-        """Finish the averaging in flight: swap this worker's sent delta for the mean,
-        keeping the local progress made meanwhile."""
-        if self._pending is None:
-            return x
-        mean, self.codec_state = self._pending.wait()
-        self.hidden_seconds += self._pending.hidden_seconds
-        self.blocked_seconds += self._pending.blocked_seconds
-        self._pending = None
-        sent_point = self.anchor + self._sent
-        x = self._target(mean) + (x - sent_point)
-        unflatten_into(x, self.params)
-        self._sent = None
-        return x
+    def _land(self, f: Fragment) -> None:
+        """Finish ``f``'s averaging in flight and merge it into the parameters."""
+        sent_point, anchor, pending = f.finish()
+        self.hidden_seconds += pending.hidden_seconds
+        self.blocked_seconds += pending.blocked_seconds
+        x, f.in_agreement = self.merge(f.current(), sent_point, anchor,
+                                       progressed=self.done > f.started_at)
+        f.write(x)
+        self._count(f.extra_bytes + pending.bytes_sent)
+
+    def _count(self, sync_bytes: int) -> None:
+        self.peak_sync_bytes = max(self.peak_sync_bytes, int(sync_bytes))
 
     @torch.no_grad()
     def drain(self) -> None:
-        """Merge the averaging in flight (before anything else talks on the group)."""
-        if self._pending is not None:
-            self._merge(flatten(self.params))
+        """Merge the averagings in flight (before anything else talks on the group)."""
+        for f in self.fragments:
+            if f.pending is not None:
+                self._land(f)
 
     @torch.no_grad()
     def on_train_end(self, steps: int) -> None:
-        """Finish with one model: merge the averaging in flight, and average once more if
-        the last step was not an averaging step (local progress would stay on each rank)."""
+        """Finish with one model: merge the averagings in flight, and average once more every
+        fragment that moved since its last averaging (local progress would stay on each rank)."""
         self.drain()
-        if self.transport.world_size == 1 or steps == 0 or self.is_sync_step(steps - 1):
-            return
-        x = flatten(self.params)
-        mean, self.codec_state = reduce_mean(x - self.anchor, self.codec, self.codec_state,
-                                             self.transport)
-        unflatten_into(self._target(mean), self.params)
-        average_buffers(self.model, self.transport)
-        self.syncs += 1
+        behind = [f for f in self.fragments if not f.in_agreement]
+        if self.transport.world_size > 1 and behind:
+            self._sync(behind, None, final=True)
 
     def at_eval(self, step: int) -> dict[str, Any]:
         self.drain()
@@ -196,33 +217,41 @@ class LocalSGD(Algorithm):
 
     def rank_metrics(self) -> dict[str, Any]:
         return {"syncs": self.syncs, "comm_hidden_seconds": self.hidden_seconds,
-                "comm_blocked_seconds": self.blocked_seconds}
+                "comm_blocked_seconds": self.blocked_seconds,
+                "peak_sync_bytes": self.peak_sync_bytes}
+
+    def summary_extra(self, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+        """``peak_sync_bytes``: the largest payload one worker handed the transport in one
+        averaging (parameters and buffers), over every worker."""
+        return {"peak_sync_bytes": max((r.get("peak_sync_bytes", 0) for r in per_rank), default=0)}
 
     def describe(self) -> dict[str, Any]:
         return {"algorithm": "local_sgd", "period": self.period, "warmup_steps": self.warmup_steps,
                 "bmuf": self.bmuf, "outer_optimizer": self.outer_spec, "pipeline": self.pipeline,
-                "codec": None if self.codec is None else self.codec.describe()}
+                "codec": None if self.codec is None else self.codec.describe(),
+                "peak_sync_bytes": self.peak_sync_bytes or None}   # measured while training
 
     def state_dict(self) -> dict[str, Any]:
         self.drain()
-        return {"anchor": self.anchor.clone(),
-                "outer": None if self.outer is None else {"w": self.outer_w.detach().clone(),
-                                                          "optimizer": self.outer.state_dict()},
-                "codec_state": self.codec_state, "syncs": self.syncs}
+        return {"fragments": [f.state_dict() for f in self.fragments], "syncs": self.syncs,
+                "peak_sync_bytes": self.peak_sync_bytes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "outer" not in state:
-            raise ConfigError("this local_sgd checkpoint predates outer optimizers; "
+        if "fragments" not in state:
+            raise ConfigError("this local_sgd checkpoint predates fragments (Streaming DiLoCo); "
                               "start the run again without --resume")
-        if (state["outer"] is None) != (self.outer is None):
+        saved = state["fragments"]
+        if len(saved) != len(self.fragments):
+            raise ConfigError(f"the checkpoint has {len(saved)} fragments and this run "
+                              f"{len(self.fragments)}; resume with the configuration the "
+                              "checkpoint was written with")
+        if (saved[0]["outer"] is None) != (self.outer_spec is None):
             raise ConfigError("the checkpoint and this run disagree on the outer optimizer "
                               "(outer_optimizer / bmuf); resume with the configuration the "
                               "checkpoint was written with")
-        self.anchor.copy_(state["anchor"])
-        if self.outer is not None:
-            self.outer_w.data.copy_(state["outer"]["w"])
-            self.outer.load_state_dict(state["outer"]["optimizer"])
-        self.codec_state, self.syncs = state["codec_state"], int(state["syncs"])
+        for f, s in zip(self.fragments, saved):
+            f.load_state_dict(s)
+        self.syncs, self.peak_sync_bytes = int(state["syncs"]), int(state["peak_sync_bytes"])
 
     def close(self) -> None:
         self.drain()

@@ -29,7 +29,6 @@ parameters at every evaluation, so the evaluated and saved model is the trained 
 from __future__ import annotations
 
 import copy
-import math
 import statistics
 import time
 from typing import Any
@@ -44,6 +43,7 @@ from distml.comm.counted import P2P_OP, counted_stage
 from distml.errors import ConfigError
 from distml.optim import build_optimizer, build_schedule, needs_closure
 from distml.partition import PARTITIONS, make_loader
+from distml.partition.blocks import balance as balance_blocks
 from distml.partition.steps import batches, total_steps
 from distml.registry import split_spec
 
@@ -52,35 +52,15 @@ BALANCES = ("params", "time")
 
 
 def balance(weights: list[float], k: int) -> list[int]:
-    """Cut ``weights`` into ``k`` non-empty contiguous parts minimizing the largest sum.
-
-    Returns:
-        the k+1 boundaries ``[0, b1, ..., n]``.
+    """Cut ``weights`` (one per layer) into ``k`` stages: :func:`distml.partition.blocks.balance`.
 
     Raises:
-        ConfigError: fewer items than parts.
+        ConfigError: fewer layers than stages.
     """
-    n = len(weights)
-    if n < k:
-        raise ConfigError(f"pipeline: {n} layers cannot make {k} stages; use at most {n} workers")
-    pre = [0]
-    for w in weights:
-        pre.append(pre[-1] + w)
-    inf = math.inf
-    # best[j][i]: the smallest max-part over the first i items in j parts; cut[j][i]: last cut
-    best = [[inf] * (n + 1) for _ in range(k + 1)]
-    cut = [[0] * (n + 1) for _ in range(k + 1)]
-    best[0][0] = 0
-    for j in range(1, k + 1):
-        for i in range(j, n + 1):
-            for c in range(j - 1, i):
-                v = max(best[j - 1][c], pre[i] - pre[c])
-                if v < best[j][i]:
-                    best[j][i], cut[j][i] = v, c
-    bounds = [n]
-    for j in range(k, 0, -1):
-        bounds.append(cut[j][bounds[-1]])
-    return bounds[::-1]
+    if len(weights) < k:
+        raise ConfigError(f"pipeline: {len(weights)} layers cannot make {k} stages; use at most "
+                          f"{len(weights)} workers")
+    return balance_blocks(weights, k)
 
 
 def layer_times(layers: list[nn.Module], x: torch.Tensor, repeats: int = 5) -> list[float]:

@@ -30,6 +30,12 @@ class Compressor:
         fixed_size: the payload's shapes depend only on ``x``'s shape (so an all-gather
             needs no length exchange); threshold filtering is the exception.
         cast: an element-wise cast (fp16, bf16), allowed after another codec in a chain.
+        sparse: a sparsifier (top-k, random-k, threshold): its payload is
+            ``index_tensors`` tensors of indices followed by one tensor of the kept values
+            (:meth:`kept` says how many), so a value quantizer may follow it in a chain.
+        index_tensors: how many tensors of a sparsifier's payload come before its values.
+        quantizer: quantizes any flat tensor on its own (QSGD, sign), so it may follow a
+            sparsifier in a chain and quantize the kept values.
         decode_needs_state: ``decompress`` needs the sender's state (random-k rebuilds its
             indices from the shared step counter); a receiver that is not itself sending in
             lock-step (a parameter server) must mirror that state.
@@ -39,6 +45,9 @@ class Compressor:
     lossless = False
     fixed_size = True
     cast = False
+    sparse = False
+    index_tensors = 1
+    quantizer = False
     decode_needs_state = False
 
     def __init__(self):
@@ -56,6 +65,11 @@ class Compressor:
         or a sum of payloads when summable); ``state`` is what ``compress`` returned this
         round (random-k rebuilds its shared indices from it)."""
         raise NotImplementedError
+
+    def kept(self, indices: Payload, n: int) -> int:
+        """A sparsifier's number of kept values, from its index tensors and the input's
+        size ``n`` (by default: as many as the first index tensor has entries)."""
+        return indices[0].numel()
 
     def wire_bytes(self, payload: Payload) -> int:
         """Bytes of the payload as handed to the transport."""
@@ -124,46 +138,73 @@ class ErrorFeedback(Compressor):
 
 
 class Chain(Compressor):
-    """A codec followed by element-wise casts of its floating payload (e.g. top-k → fp16).
+    """A codec, then optionally a value quantizer of its kept values, then element-wise casts.
 
-    Only casts may follow: a cast keeps each tensor's shape, so any rank's payload can be
-    decoded without knowing the sender's intermediate shapes.
+    * After a sparsifier (``sparse``: top-k, random-k, threshold), one ``quantizer``
+      (QSGD, sign) may quantize the kept values — SparseLoCo's top-k + 2-bit (Sarfi et al.
+      2025). The indices travel as the sparsifier made them; the receiver learns how many
+      values there are from them (:meth:`Compressor.kept`), so it needs no other header.
+    * Casts (fp16, bf16) may follow anything: each floating payload tensor in the input's
+      type is narrowed, keeping its shape.
+
+    The payload is what travels (indices, quantized values, scales, narrowed floats), so
+    :meth:`wire_bytes` counts exactly the bytes handed to the transport. State:
+    ``{"first": ..., "values": ...}``, the first codec's and the quantizer's.
     """
 
-    def __init__(self, first: Compressor, *casts: Compressor):
-        if isinstance(first, Reducer) or any(isinstance(c, Reducer) for c in casts):
+    def __init__(self, first: Compressor, *rest: Compressor):
+        if isinstance(first, Reducer) or any(isinstance(c, Reducer) for c in rest):
             raise ValueError("a Reducer (powersgd) cannot be chained; use it alone")
-        bad = [c.describe() for c in casts if not c.cast]
+        self.values = rest[0] if rest and rest[0].quantizer and not rest[0].cast else None
+        if self.values is not None and not first.sparse:
+            raise ValueError(f"a value quantizer ({self.values.describe()}) may follow only a "
+                             f"sparsifier (topk, randomk, threshold), not {first.describe()}")
+        self.first = first
+        self.casts = rest[1:] if self.values is not None else rest
+        bad = [c.describe() for c in self.casts if not c.cast]
         if bad:
             raise ValueError(f"only element-wise casts (fp16, bf16) may follow the first codec "
-                             f"of a chain, got {', '.join(bad)}")
-        self.first = first
-        self.casts = casts
-        self.summable = first.summable
-        self.fixed_size = first.fixed_size
-        self.lossless = first.lossless and all(c.lossless for c in casts)
-        self.decode_needs_state = first.decode_needs_state
+                             f"of a chain (or one value quantizer, qsgd or sign, right after a "
+                             f"sparsifier), got {', '.join(bad)}")
+        stages = [first] + ([self.values] if self.values is not None else [])
+        self.summable = all(c.summable for c in stages)
+        self.fixed_size = all(c.fixed_size for c in stages)
+        self.lossless = all(c.lossless for c in stages + list(self.casts))
+        self.decode_needs_state = any(c.decode_needs_state for c in stages)
 
     def init(self, like):
-        return self.first.init(like)
+        return {"first": self.first.init(like),
+                "values": None if self.values is None else self.values.init(like)}
 
     def compress(self, x, state):
-        payload, state = self.first.compress(x, state)
+        payload, first_state = self.first.compress(x, state["first"])
+        values_state = state["values"]
+        if self.values is not None:
+            head = payload[:self.first.index_tensors]
+            quantized, values_state = self.values.compress(payload[-1], values_state)
+            payload = tuple(head) + tuple(quantized)
         out = []
         for t in payload:
             if t.dtype == x.dtype and t.is_floating_point():
                 for c in self.casts:
                     (t,), _ = c.compress(t, None)
             out.append(t)
-        return tuple(out), state
+        return tuple(out), {"first": first_state, "values": values_state}
 
     def decompress(self, payload, like, state=None):
         wire_dtypes = {c.wire_dtype for c in self.casts}
         back = tuple(t.to(like.dtype) if t.dtype in wire_dtypes else t for t in payload)
-        return self.first.decompress(back, like, state)
+        if self.values is not None:
+            head = back[:self.first.index_tensors]
+            kept = like.new_empty(self.first.kept(head, like.numel()))
+            values = self.values.decompress(back[len(head):], kept,
+                                            None if state is None else state["values"])
+            back = tuple(head) + (values,)
+        return self.first.decompress(back, like, None if state is None else state["first"])
 
     def describe(self) -> str:
-        return "chain(" + ", ".join([self.first.describe()] + [c.describe() for c in self.casts]) + ")"
+        stages = [self.first] + ([self.values] if self.values is not None else []) + list(self.casts)
+        return "chain(" + ", ".join(c.describe() for c in stages) + ")"
 
 
 def with_error_feedback(codec: Compressor) -> ErrorFeedback:
@@ -172,7 +213,8 @@ def with_error_feedback(codec: Compressor) -> ErrorFeedback:
 
 
 def chain(*codecs: Compressor) -> Compressor:
-    """Compose codecs: the first compresses, the following casts shrink its floats."""
+    """Compose codecs: the first compresses, a value quantizer may quantize a sparsifier's
+    kept values, and casts shrink the floats that remain (see :class:`Chain`)."""
     if not codecs:
         raise ValueError("chain needs at least one codec")
     return codecs[0] if len(codecs) == 1 else Chain(*codecs)

@@ -35,6 +35,8 @@ class QSGD(Compressor):
         ValueError: bits not in {2, 4, 8}, bucket_size < 1 or an unknown norm.
     """
 
+    quantizer = True       # may quantize a sparsifier's kept values in a chain (SparseLoCo)
+
     def __init__(self, bits: int = 4, bucket_size: int = 512, norm: str = "max", seed: int = 0,
                  worker_rank: int = 0):
         if bits not in (2, 4, 8):

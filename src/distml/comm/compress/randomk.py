@@ -27,6 +27,8 @@ class RandomK(Compressor):
     """
 
     summable = True
+    sparse = True
+    index_tensors = 0              # no index travels:
     decode_needs_state = True      # the indices come from the shared step counter
 
     def __init__(self, ratio: float = 0.01, seed: int = 0):
@@ -40,10 +42,16 @@ class RandomK(Compressor):
     def init(self, like):
         return {"step": 0}
 
+    def k(self, n: int) -> int:
+        return max(1, min(n, math.ceil(self.ratio * n)))
+
+    def kept(self, indices, n: int) -> int:
+        return self.k(n)
+
     def _indices(self, n: int, step: int) -> torch.Tensor:
         if self._last is not None and self._last[:2] == (n, step):
             return self._last[2]
-        k = max(1, min(n, math.ceil(self.ratio * n)))
+        k = self.k(n)
         idx = torch.randperm(n, generator=generator(self.seed, 7919, step))[:k]
         self._last = (n, step, idx)
         return idx

@@ -105,6 +105,11 @@ class PendingReduce:
             self._error = e
         self.busy_seconds = time.perf_counter() - t0
 
+    @property
+    def bytes_sent(self) -> int:
+        """The payload this rank handed the transport for this reduction (once finished)."""
+        return self._sibling.stats.bytes_sent
+
     def wait(self):
         t0 = time.perf_counter()
         self._thread.join(self._parent.timeout.total_seconds() + 30)

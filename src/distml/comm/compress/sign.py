@@ -30,6 +30,8 @@ class Sign(Compressor):
         ValueError: bucket_size < 1.
     """
 
+    quantizer = True       # may quantize a sparsifier's kept values in a chain
+
     def __init__(self, bucket_size: int = 1024):
         if bucket_size < 1:
             raise ValueError(f"bucket_size must be >= 1, got {bucket_size}")

@@ -25,6 +25,7 @@ class Threshold(Compressor):
     """
 
     fixed_size = False
+    sparse = True
 
     def __init__(self, tau: float = 1e-3):
         if not tau > 0:

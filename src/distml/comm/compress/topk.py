@@ -24,6 +24,8 @@ class TopK(Compressor):
         ValueError: ratio outside (0, 1].
     """
 
+    sparse = True
+
     def __init__(self, ratio: float = 0.01):
         if not 0 < ratio <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {ratio}")
