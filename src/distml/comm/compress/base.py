@@ -12,6 +12,7 @@ optax's ``GradientTransformation`` (init/update with explicit state, ``chain``).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -218,6 +219,11 @@ def chain(*codecs: Compressor) -> Compressor:
     if not codecs:
         raise ValueError("chain needs at least one codec")
     return codecs[0] if len(codecs) == 1 else Chain(*codecs)
+
+
+def count_of(ratio: float, n: int) -> int:
+    """How many of ``n`` entries a sparsifier keeping ``ratio`` of them sends: ceil(ratio·n), 1 to n."""
+    return max(1, min(n, math.ceil(ratio * n)))
 
 
 def generator(seed: int, *stream: int) -> torch.Generator:

@@ -5,12 +5,10 @@ Every rank draws the same indices from ``(seed, step)``, so only the values trav
 payloads of all ranks can be summed with one all-reduce (summable).
 """
 
-import math
-
 import torch
 
 from distml.comm.compress import CODECS
-from distml.comm.compress.base import Compressor, generator
+from distml.comm.compress.base import Compressor, count_of, generator
 
 
 @CODECS.register("randomk", paper="Stich et al. 2018 (rand-k with memory)",
@@ -43,7 +41,7 @@ class RandomK(Compressor):
         return {"step": 0}
 
     def k(self, n: int) -> int:
-        return max(1, min(n, math.ceil(self.ratio * n)))
+        return count_of(self.ratio, n)
 
     def kept(self, indices, n: int) -> int:
         return self.k(n)

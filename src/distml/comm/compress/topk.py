@@ -4,12 +4,10 @@ Reference: Aji & Heafield 2017 ("Sparse Communication for Distributed Gradient D
 Stich et al. 2018 ("Sparsified SGD with Memory": use with error feedback).
 """
 
-import math
-
 import torch
 
 from distml.comm.compress import CODECS
-from distml.comm.compress.base import Compressor
+from distml.comm.compress.base import Compressor, count_of
 
 
 @CODECS.register("topk", paper="Aji & Heafield 2017; Stich et al. 2018 (with memory)",
@@ -32,7 +30,7 @@ class TopK(Compressor):
         self.ratio = float(ratio)
 
     def k(self, n: int) -> int:
-        return max(1, min(n, math.ceil(self.ratio * n)))
+        return count_of(self.ratio, n)
 
     def compress(self, x, state):
         flat = x.reshape(-1)
