@@ -2,7 +2,8 @@
 
 Cases (each rank writes ``OUT.rank{r}.json``):
 - ``diloco`` / ``streaming_f1``: DiLoCo and Streaming DiLoCo with F = 1, τ = 0, α = 0;
-- ``streaming_f2``: F = 2, τ = 1, α = 0.5 (compared with a plain re-implementation in the test);
+- ``streaming_f2``: F = 2, τ = 1, α = 0.5 (compared with a plain re-implementation in the test),
+  and the same saved after 5 steps and resumed into new objects (``streaming_f2_resumed``);
 - ``codec:<alg>:<i>``: the codecs of ``CODECS`` on the pseudo-gradient (``CODEC_RUNS``).
 
 The model, data and inner optimizer are defined here and imported by the test's reference.
@@ -57,15 +58,29 @@ def eval_loss(model: nn.Module) -> float:
         return nn.functional.mse_loss(model(x), y).item()
 
 
-def train(transport, spec: dict, steps: int, codec=None, lr: float = INNER_LR) -> dict:
+def train(transport, spec: dict, steps: int, codec=None, lr: float = INNER_LR,
+          resume_after: int | None = None) -> dict:
+    """Train ``steps`` steps; with ``resume_after``, stop after that many, save, and go on
+    with a new model, optimizer and algorithm loaded from the saved state."""
+    import copy
+
     import distml
     from distml.algorithms import ALGORITHMS
-    model = make_model()
+
+    def build():
+        model = make_model()
+        algorithm = ALGORITHMS.build(spec, codec=codec)
+        return model, algorithm, distml.wrap(model, torch.optim.AdamW(model.parameters(), lr=lr),
+                                             algorithm, transport=transport)
+
+    model, algorithm, opt = build()
     start = eval_loss(model)
-    algorithm = ALGORITHMS.build(spec, codec=codec)
-    opt = distml.wrap(model, torch.optim.AdamW(model.parameters(), lr=lr), algorithm,
-                      transport=transport)
-    for x, y in batches(transport.rank, steps):
+    for step, (x, y) in enumerate(batches(transport.rank, steps)):
+        if step == resume_after:
+            saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict()})
+            model, algorithm, opt = build()
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["opt"])
         opt.zero_grad()
         nn.functional.mse_loss(model(x), y).backward()
         opt.step()
@@ -80,7 +95,9 @@ def main(out: str) -> None:
     torch.set_num_threads(1)
     t = distml.init(timeout_s=30)
     res = {"diloco": train(t, DILOCO, STEPS), "streaming_f1": train(t, STREAMING_F1, STEPS),
-           "streaming_f2": train(t, STREAMING_F2, STEPS)}
+           "streaming_f2": train(t, STREAMING_F2, STEPS),
+           # after 5 steps nothing is in flight (fragment 0 sent after 4 landed after 5)
+           "streaming_f2_resumed": train(t, STREAMING_F2, STEPS, resume_after=5)}
     for name, i in CODEC_RUNS:
         codec, ef = CODECS[i]
         res[f"codec:{name}:{i}"] = train(t, CODEC_ALGORITHMS[name], CODEC_STEPS,
