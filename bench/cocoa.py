@@ -11,10 +11,15 @@ A method reaches relative suboptimality ε after the first communication round a
 it holds an iterate with ``P(w) ≤ (1 + ε) P*`` (the monitor evaluates ``P`` exactly and is
 not counted). 2 workers; one round = one all-reduce.
 
-- **CoCoA+ (adding) and CoCoA (averaging)** run through ``distml.run`` with
-  ``[algorithm] name = "cocoa"`` (2 worker processes, gloo): H SDCA steps per worker per
-  round; every round's iterate objective comes from ``events-rank0.jsonl`` (event j logs
-  ``P`` of the iterate after j rounds). Tuned: H (the sweep).
+- **CoCoA+ (adding) and CoCoA (averaging)**: H SDCA steps per worker per round, tuned:
+  H (the sweep). The rounds are computed in this process exactly as
+  ``algorithms/cocoa.py`` computes them (one ``distml.optim.sdca.SDCA`` per worker on the
+  shard the algorithm cuts, with its seed; the Δw summed as the all-reduce sums them):
+  40 real ``distml.run`` jobs would take over an hour on the loaded 2-core machine. For
+  every data set the tuned H of both variants is also run as a real 2-process
+  ``distml.run`` job (``[algorithm] name = "cocoa"``, gloo) on the first report seed, and
+  its per-round objectives (``events-rank0.jsonl``) must equal the replica's
+  (``distml_check`` in the JSON line: relative difference ≤ 1e-9 every round).
 - **Baselines**, computed in this process in float64 with distml's own registered
   optimizers (``distml.optim.OPTIMIZERS``), fed exactly what ``sync_sgd`` would hand them
   on 2 workers (the mean of the workers' gradients, one all-reduce per gradient):
@@ -90,6 +95,9 @@ PROTOCOL = {
         "cocoa+": {"h_per_local_pass": [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0]},
         "cocoa": {"h_per_local_pass": [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0]},
     },
+    # the in-process CoCoA rounds are checked against real 2-process distml.run jobs
+    # (tuned H, first report seed, both variants) for this many rounds, objective by objective
+    "distml_check_rounds": 10,
     "quick": {"max_rounds": 40, "report_seeds": [1], "sparse_n_train": 4000, "grid_points": [2, 4]},
 }
 
@@ -124,6 +132,11 @@ class Problem:
         gram = gram.toarray() if scipy.sparse.issparse(gram) else gram
         self.smoothness = float(np.linalg.eigvalsh(gram / self.n)[-1]) / 4.0 + self.lam
         self.p_star, self.solver_disagreement = self._optimum()
+
+    def dense(self, rows: np.ndarray) -> np.ndarray:
+        """The rows as a dense float64 array (CoCoA's SDCA densifies its shard too)."""
+        x = self.x[rows]
+        return x.toarray() if hasattr(x, "toarray") else np.asarray(x)
 
     def objective(self, w: np.ndarray) -> float:
         return float(np.logaddexp(0.0, -self.y * (self.x @ w)).mean() + 0.5 * self.lam * w @ w)
@@ -274,33 +287,63 @@ def run_lbfgs(p: Problem, setting: dict, seed: int, trace: Trace, workers: int) 
 RUNNERS = {"sgd": run_sgd, "agd": run_agd, "lbfgs": run_lbfgs}
 
 
-# ---- CoCoA through distml.run -----------------------------------------------------------
+# ---- CoCoA: the rounds of algorithms/cocoa.py, and real distml.run jobs to check them -----
+def _cocoa_h(p: Problem, setting: dict, parts: list[np.ndarray]) -> int:
+    return max(1, round(setting["h_per_local_pass"] * max(len(s) for s in parts)))
+
+
 def run_cocoa(p: Problem, variant: str, setting: dict, seed: int, trace: Trace,
               workers: int) -> dict:
+    """CoCoA(+) round by round as ``algorithms/cocoa.py`` computes it: one ``SDCA`` per
+    worker on its shard (same shards, same SDCA seeds), Δw summed (the all-reduce)."""
+    from distml.optim.sdca import SDCA
+    parts = p.shards(seed, workers)
+    h = _cocoa_h(p, setting, parts)
+    sigma, gamma = (float(workers), 1.0) if variant == "cocoa+" else (1.0, 1.0 / workers)
+    solvers = [SDCA(p.dense(rows), p.y[rows], p.lam, "logistic", n_total=p.n, sigma=sigma,
+                    seed=seed * 1009 + rank) for rank, rows in enumerate(parts)]
+    w = np.zeros(p.d)
+    stop = trace.record(p.objective(w))
+    while not stop:
+        steps = [solver.local_steps(w, h) for solver in solvers]
+        for solver, (dalpha, _) in zip(solvers, steps):
+            solver.apply(dalpha, gamma)
+        w = w + gamma * sum(dw for _, dw in steps)
+        stop = trace.record(p.objective(w))
+    return trace.result(h=h)
+
+
+def distml_cocoa_objectives(p: Problem, variant: str, setting: dict, seed: int, rounds: int,
+                            workers: int) -> list[float]:
+    """``P`` of the iterate after 0, 1, ... rounds of a real ``distml.run`` CoCoA job
+    (``events-rank0.jsonl``: event j logs the iterate after j rounds)."""
     import distml
-    n_local = max(len(s) for s in p.shards(seed, workers))
-    h = max(1, round(setting["h_per_local_pass"] * n_local))
+    h = _cocoa_h(p, setting, p.shards(seed, workers))
     cfg = {
         "name": f"bench-cocoa-{variant}", "seed": seed, "workers": workers,
         "data": {"batch_size": 32},
         "model": {"name": "softmax", "bias": False},
         "algorithm": {"name": "cocoa", "variant": variant, "lam": p.lam, "local_steps": h,
-                      # a gap this small certifies the hardest target: stop there
-                      "gap_tol": min(PROTOCOL["targets"]) * p.p_star,
-                      "rounds": trace.max_rounds},
+                      "gap_tol": 0.0, "rounds": rounds},
         "train": {"log_every": 1, "eval_every": 10 ** 9, "progress": False},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        s = distml.run(cfg, out=Path(tmp) / "run", train_data=p.dataset, test_data=p.dataset)
+        distml.run(cfg, out=Path(tmp) / "run", train_data=p.dataset, test_data=p.dataset)
         log = (Path(tmp) / "run" / "events-rank0.jsonl").read_text()
-    objectives = [json.loads(ln)["loss"] for ln in log.splitlines()]
-    final = s["algorithm_metrics"]["primal_objective"]
-    # the summary's objective is that of the last iterate (after every round, or the one
-    # certified by the gap), which no event logs
-    for value in objectives + [final]:
-        if trace.record(value):
-            break
-    return trace.result(h=h)
+    return [json.loads(ln)["loss"] for ln in log.splitlines()]
+
+
+def check_against_distml(p: Problem, tuned: dict, seed: int, rounds: int, workers: int) -> dict:
+    """The replica's objectives against real 2-process jobs, round by round (both variants)."""
+    out = {}
+    for variant in COCOA:
+        real = distml_cocoa_objectives(p, variant, tuned[variant], seed, rounds, workers)
+        trace = Trace(p, [0.0], len(real) - 1)          # no target: run every round
+        run_cocoa(p, variant, tuned[variant], seed, trace, workers)
+        diff = max(abs(a - b) / b for a, b in zip(real, trace.values))
+        out[variant] = {"rounds_compared": len(real) - 1, "max_relative_difference": diff,
+                        "same": diff <= 1e-9}
+    return out
 
 
 def measure(p: Problem, method: str, setting: dict, seed: int, targets, max_rounds: int,
@@ -339,7 +382,7 @@ def main() -> int:
     workers = PROTOCOL["workers"]
     details: dict = {"load_before": os.getloadavg(), "problems": {}, "tables": []}
     line: dict = {"bench": "cocoa", "round_reduction": {}, "round_reduction_ci": {},
-                  "round_reduction_1e-2": {}, "strongest_baseline": {}}
+                  "round_reduction_1e-2": {}, "strongest_baseline": {}, "distml_check": {}}
     heads = []
     for name, spec in PROTOCOL["problems"].items():
         p = Problem(name, spec, PROTOCOL["data_seed"],
@@ -373,6 +416,9 @@ def main() -> int:
                 per_seed[m].append(measure(p, m, info["tuned"][m], seed, targets, max_rounds,
                                            workers))
         info["by_seed"] = per_seed
+        info["distml_check"] = check_against_distml(p, info["tuned"], seeds[0],
+                                                    PROTOCOL["distml_check_rounds"], workers)
+        line["distml_check"][name] = all(c["same"] for c in info["distml_check"].values())
         rounds = {m: {t: [r["rounds"][t] for r in per_seed[m]] for t in (easy, hard)}
                   for m in METHODS}
         reached = {m: {t: all(r["reached"][t] for r in per_seed[m]) for t in (easy, hard)}
