@@ -19,7 +19,7 @@ not counted). 2 workers; one round = one all-reduce.
   every data set the tuned H of both variants is also run as a real 2-process
   ``distml.run`` job (``[algorithm] name = "cocoa"``, gloo) on the first report seed, and
   its per-round objectives (``events-rank0.jsonl``) must equal the replica's
-  (``distml_check`` in the JSON line: relative difference ≤ 1e-9 every round).
+  (``distml_check`` in the JSON line: relative difference ≤ 1e-9 at every logged round).
 - **Baselines**, computed in this process in float64 with distml's own registered
   optimizers (``distml.optim.OPTIMIZERS``), fed exactly what ``sync_sgd`` would hand them
   on 2 workers (the mean of the workers' gradients, one all-reduce per gradient):
@@ -95,8 +95,9 @@ PROTOCOL = {
         "cocoa+": {"h_per_local_pass": [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0]},
         "cocoa": {"h_per_local_pass": [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0]},
     },
-    # the in-process CoCoA rounds are checked against real 2-process distml.run jobs
-    # (tuned H, first report seed, both variants) for this many rounds, objective by objective
+    # the in-process CoCoA rounds are checked against real 2-process distml.run jobs of
+    # this many rounds (tuned H, first report seed, both variants), objective by objective
+    # (the events log holds the start and the iterates after the first rounds − 1 rounds)
     "distml_check_rounds": 10,
     "quick": {"max_rounds": 40, "report_seeds": [1], "sparse_n_train": 4000, "grid_points": [2, 4]},
 }
