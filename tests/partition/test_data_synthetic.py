@@ -79,6 +79,21 @@ def test_sparse_logistic_density_and_sparse_storage():
     assert abs((x != 0).float().mean().item() - 0.1) < 0.01
 
 
+def test_sparse_logistic_feature_skew_gives_zipf_frequencies():
+    s = build(0, kind="sparse_logistic", density=0.05, dim=200, feature_skew=1.0)
+    p = s.feature_density.double().numpy()
+    assert abs(p.mean() - 0.05) < 1e-6 and p[0] == 1.0 and (np.diff(p) <= 0).all()
+    x, _ = all_of(s.train())
+    seen = (x != 0).double().mean(dim=0).numpy()
+    assert abs(seen.mean() - 0.05) < 0.003          # density stays the mean frequency
+    # the rank-frequency law: log-log slope -1 over the unclipped features (Zipf 1949)
+    ranks = np.arange(len(p)) + 1
+    slope = np.polyfit(np.log(ranks[5:]), np.log(seen[5:]), 1)[0]
+    assert -1.2 < slope < -0.8
+    flat, _ = all_of(build(0, kind="sparse_logistic", density=0.05, dim=200).train())
+    assert abs(np.polyfit(np.log(ranks), np.log((flat != 0).double().mean(dim=0).numpy()), 1)[0]) < 0.1
+
+
 def test_gaussian_mixture_nearest_mean_is_label():
     s = build(0, kind="gaussian_mixture", num_classes=4, noise=0.3)
     x, y = all_of(s.train())
@@ -108,6 +123,8 @@ def test_label_noise_grows_with_noise():
     ({"kind": "linear_regression", "mode": "later"}, "mode must be"),
     ({"kind": "sparse_logistic", "density": 0}, r"density must be in \(0, 1\], got 0"),
     ({"kind": "logistic_regression", "num_classes": 3}, "binary"),
+    ({"kind": "sparse_logistic", "feature_skew": -1}, "feature_skew must be a finite number >= 0"),
+    ({"kind": "logistic_regression", "feature_skew": 1.0}, "feature_skew applies to kind 'sparse_logistic'"),
     ({"kind": "teacher_mlp", "num_classes": 1}, "num_classes must be"),
     ({"kind": "linear_regression", "noise": -1}, "noise must be >= 0"),
     ({"kind": "linear_regression", "bogus": 1}, "has no parameter 'bogus'"),

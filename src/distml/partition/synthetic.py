@@ -1,6 +1,7 @@
 """Generators with a known truth, offline (a fixed set) or online (an endless stream).
 
-Kinds: linear regression, logistic regression (dense and sparse features), Gaussian
+Kinds: linear regression, logistic regression (dense and sparse features, the sparse
+ones optionally with Zipf-distributed feature frequencies, as words in text), Gaussian
 mixtures and a teacher MLP (Gardner & Derrida 1989; the student-teacher setting).
 Everything is drawn from ``torch.Generator`` objects seeded by a hash of
 ``(seed, stream, ...)``: the truth, the offline training set, the test set and every
@@ -45,6 +46,19 @@ def _check_fits_memory(kind: str, n: int, dim: int, density: float) -> None:
                           "lower n_train, n_test or dim (or use mode='online')")
 
 
+def _zipf_frequencies(dim: int, mean: float, skew: float) -> torch.Tensor:
+    """``p_j = min(1, c·(j+1)^−skew)`` with ``c`` found by bisection so that ``mean(p) = mean``."""
+    rank_weight = torch.arange(1, dim + 1, dtype=torch.float64) ** -skew
+    lo, hi = 0.0, 1.0 / float(rank_weight[-1])       # hi: every p_j = 1, mean 1 >= mean
+    for _ in range(200):
+        c = 0.5 * (lo + hi)
+        if float((c * rank_weight).clamp(max=1.0).mean()) < mean:
+            lo = c
+        else:
+            hi = c
+    return (hi * rank_weight).clamp(max=1.0).float()
+
+
 class Synthetic(Source):
     """A synthetic data source with its truth exposed.
 
@@ -61,7 +75,13 @@ class Synthetic(Source):
             of each component; logistic kinds and teacher_mlp: scale of the Gumbel noise
             added to the true logits before the argmax (for binary kinds this is a
             logistic model ``P(y=1|x) = sigmoid(x·w / noise)``; 0 gives noiseless labels).
-        density: share of non-zero features (sparse_logistic).
+        density: share of non-zero features (sparse_logistic): the mean over features
+            of their non-zero frequencies.
+        feature_skew: sparse_logistic: exponent s of Zipf-like feature frequencies,
+            ``p_j = min(1, c·(j+1)^−s)`` with ``c`` such that their mean is ``density`` (a
+            few frequent features, a long tail of rare ones, as words in text; Zipf 1949).
+            This spreads the curvature of a linear model over orders of magnitude (an
+            ill-conditioned problem); 0 (the default) gives every feature ``density``.
         hidden: width of the teacher's hidden layer (teacher_mlp).
         seed: the run's seed (context); it fixes the truth and every sample.
 
@@ -76,7 +96,7 @@ class Synthetic(Source):
 
     def __init__(self, kind: str, mode: str = "offline", n_train: int = 10000, n_test: int = 2000,
                  dim: int = 20, num_classes: int = 2, noise: float = 0.1, density: float = 0.05,
-                 hidden: int = 32, seed: int = 0):
+                 hidden: int = 32, feature_skew: float = 0.0, seed: int = 0):
         if kind not in KINDS:
             raise ConfigError(f"unknown synthetic kind {kind!r}; kinds: {', '.join(KINDS)}")
         if mode not in ("offline", "online"):
@@ -90,6 +110,11 @@ class Synthetic(Source):
             raise ConfigError(f"noise must be finite, got {noise}")
         if not 0.0 < density <= 1.0:
             raise ConfigError(f"density must be in (0, 1], got {density}")
+        if not (isinstance(feature_skew, (int, float)) and 0 <= feature_skew < math.inf):
+            raise ConfigError(f"feature_skew must be a finite number >= 0, got {feature_skew!r}")
+        if feature_skew and kind != "sparse_logistic":
+            raise ConfigError(f"feature_skew applies to kind 'sparse_logistic', not {kind!r}; "
+                              "remove it or change the kind")
         binary = kind in ("logistic_regression", "sparse_logistic")
         if binary and num_classes != 2:
             raise ConfigError(f"{kind} is binary: num_classes must be 2, got {num_classes} "
@@ -99,6 +124,9 @@ class Synthetic(Source):
         _check_fits_memory(kind, n_test + (0 if mode == "online" else n_train), dim, density)
         self.kind, self.mode, self.online = kind, mode, mode == "online"
         self.n_train, self.n_test, self.dim, self.noise, self.density = n_train, n_test, dim, noise, density
+        # each feature's non-zero frequency: one number unless skewed (then the draws differ)
+        self.feature_density = (_zipf_frequencies(dim, density, float(feature_skew))
+                                if feature_skew else density)
         self.seed = seed
         if kind == "linear_regression":
             self.info = DataInfo("regression", None, (dim,))
@@ -132,7 +160,7 @@ class Synthetic(Source):
             return x, y
         x = torch.randn(n, self.dim, generator=g)
         if self.kind == "sparse_logistic":
-            x = x * (torch.rand(n, self.dim, generator=g) < self.density)
+            x = x * (torch.rand(n, self.dim, generator=g) < self.feature_density)
         if self.kind == "linear_regression":
             return x, x @ self.true_weights + self.noise * torch.randn(n, generator=g)
         if self.kind == "teacher_mlp":
