@@ -241,10 +241,11 @@ def train_cells(cells_file: str) -> None:
     then ``train_joined``, what ``distml run`` does after joining) on a fresh transport
     count (the summary's bytes and per-op counters are the cell's alone) with the cell's
     ``[comm] latency_ms``; each rank writes the bytes its interface moved during the cell
-    to ``DIR/wire-rank{r}.json`` (:func:`wire_bytes`). A failing cell writes ``DIR/error-rank{r}.txt`` and ends the
+    to ``DIR/wire-rank{r}.json`` (:func:`wire_bytes`), with its peak memory so far. A failing cell writes ``DIR/error-rank{r}.txt`` and ends the
     world at once (its peers may be inside a collective).
     """
     import gc
+    import resource
     import traceback
 
     import torch
@@ -275,7 +276,9 @@ def train_cells(cells_file: str) -> None:
             train_joined(rank, config, parts, transport, WorkerJob(config=cell["config"], out_dir=str(out)),
                          torch.device("cpu"), "gloo")
             after = wire_bytes()
-            write_json_atomic(out / f"wire-rank{rank}.json", {k: after[k] - before[k] for k in after})
+            write_json_atomic(out / f"wire-rank{rank}.json", {
+                **{k: after[k] - before[k] for k in after},
+                "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
             del parts
             gc.collect()
             transport.latency_s = 0.0
