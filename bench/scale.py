@@ -61,24 +61,19 @@ PROTOCOL = {
               "gossip_ranks": 4, "gossip_rounds": 30, "repeats": 1},
 }
 
-import argparse  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from common import finish, interval, mean_ci, ratio_ci, table  # noqa: E402
-from cost_model import measured_step  # noqa: E402
+from worlds import Session, add_cell, by_key, load, measured_step, run_worlds  # noqa: E402
 
 from distml.comm.topology import build_graph  # noqa: E402
 from distml.runtime import simulate  # noqa: E402
-from distml.runtime.testbed import can_make_namespaces, hosts, run_ranks, set_rate  # noqa: E402
 
 PLOT = REPO / "docs" / "img" / "scale_step_time.png"
 
@@ -95,18 +90,12 @@ def config(p: dict, method: dict, workers: int, steps: int, seed: int, **over) -
                       "log_every": p["log_every"], "progress": False}}
 
 
-def processes(cfg: dict) -> int:
-    return cfg["workers"] + (cfg["algorithm"].get("servers", 1) if cfg["algorithm"]["name"] == "ps" else 0)
-
-
-def plan_cells(p: dict, tmp: Path) -> dict[int, list[dict]]:
+def plan_cells(p: dict, tmp: Path) -> dict:
     """Every cell, grouped by world size (processes), repeats interleaved within a world."""
-    worlds: dict[tuple[int, bool], list[dict]] = {}
+    worlds: dict = {}
 
     def add(key: str, cfg: dict, rep: int, limited: bool = True) -> None:
-        out = tmp / f"{key}-r{rep}"
-        worlds.setdefault((processes(cfg), limited), []).append(
-            {"key": key, "rep": rep, "config": cfg, "out": str(out), "limited": limited})
+        add_cell(worlds, tmp, key, cfg, rep, limited)
 
     for rep in range(p["repeats"]):
         seed = p["seed"] + rep
@@ -132,25 +121,6 @@ def plan_cells(p: dict, tmp: Path) -> dict[int, list[dict]]:
                 seed, model=p["gossip_model"], optim={"lr": p["gossip_lr"], "momentum": 0.0},
                 algorithm={"local_init_seed": p["gossip_init_seed"] + 100 * rep}, eval_every=1), rep)
     return worlds
-
-
-def run_worlds(worlds: dict, p: dict, tmp: Path, log) -> None:
-    """One test bed as large as the largest world; each world runs on its first hosts."""
-    biggest = max(size for size, _ in worlds)
-    with hosts(biggest, rate=p["rate"], both_ways=p["both_ways"]) as hs:
-        for (size, limited), cells in sorted(worlds.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            set_rate(hs, p["rate"] if limited else None, both_ways=p["both_ways"])
-            listing = tmp / f"cells-{size}-{'limited' if limited else 'free'}.json"
-            listing.write_text(json.dumps([{"config": c["config"], "out": c["out"]} for c in cells]))
-            t0 = time.perf_counter()
-            run_ranks(hs[:size], ["-m", "distml.runtime.testbed", "cells", str(listing)],
-                      timeout=3000)
-            log(f"  world of {size} ({'limited' if limited else 'unlimited'} links): "
-                f"{len(cells)} cells in {time.perf_counter() - t0:.0f} s (load {load()})")
-
-
-def load() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def summary(out: str) -> dict:
@@ -193,12 +163,7 @@ def rounds_to(dist: dict[int, float], target: float) -> int | None:
 
 
 def analyse(worlds: dict, p: dict) -> tuple[dict, dict]:
-    cells: dict[str, list[dict]] = {}
-    for group in worlds.values():
-        for c in group:
-            cells.setdefault(c["key"], []).append(c)
-    reps = range(p["repeats"])
-    by = {k: sorted(v, key=lambda c: c["rep"]) for k, v in cells.items()}
+    by = by_key(worlds)
     bw = simulate.parse_bandwidth(p["rate"])
     eta = simulate.wire_efficiency()
     tables, details = [], {}
@@ -346,29 +311,15 @@ def plot(series: dict, rate: str) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="2 and 4 ranks, fewer steps: a smoke check")
-    args = ap.parse_args()
-    reason = can_make_namespaces()
-    if reason:
-        raise SystemExit(f"bench/scale.py needs network namespaces: {reason}")
-    p = {k: v for k, v in PROTOCOL.items() if k != "quick"}
-    if args.quick:
-        p.update(PROTOCOL["quick"])
-    loads = [os.getloadavg()]
-    t0 = time.perf_counter()
-
-    def log(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-        loads.append(os.getloadavg())
-
+    run = Session("scale", __doc__, PROTOCOL, "2 and 4 ranks, fewer steps: a smoke check")
+    p, log = run.p, run.log
     with tempfile.TemporaryDirectory(prefix="distml-scale-") as tmp_s:
         tmp = Path(tmp_s)
         worlds = plan_cells(p, tmp)
         log(f"scale: {sum(len(c) for c in worlds.values())} cells in {len(worlds)} worlds; load {load()}")
-        run_worlds(worlds, p, tmp, log)
+        run_worlds(worlds, tmp, p["rate"], p["both_ways"], log)
         numbers, details = analyse(worlds, p)
-    plots = [plot(details.pop("series"), p["rate"])] if not args.quick else []
+    plots = [plot(details.pop("series"), p["rate"])] if not run.quick else []
     goals = PROTOCOL["goals"]
     met = {"gossip_rate": numbers["gossip_rate_error_conservative"] is not None
            and numbers["gossip_rate_error_conservative"] <= goals["gossip_rate_error"] and numbers["gossip_ordering_ok"],
@@ -381,10 +332,9 @@ def main() -> int:
                 f"cost model ≤ {numbers['max_relative_error_scale']:.0%} at 4–16 workers "
                 f"({'met' if met['cost_model'] else 'missed'}, conservative "
                 f"{numbers['max_relative_error_scale_conservative']:.0%})")
-    details.update(plots=plots, goals_met=met, load_average=[[round(x, 2) for x in la] for la in loads],
-                   bench_seconds=round(time.perf_counter() - t0))
+    details.update(plots=plots, goals_met=met, **run.record())
     line = {"bench": "scale", **numbers, "repeats": p["repeats"], "headline": headline}
-    return finish(line, PROTOCOL, quick=args.quick, details=details)
+    return finish(line, PROTOCOL, quick=run.quick, details=details)
 
 
 if __name__ == "__main__":
