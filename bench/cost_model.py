@@ -1,211 +1,158 @@
-"""Validate ``distml simulate``'s cost model against step times measured on a slow network.
+"""Judge ``distml simulate``'s cost model on configurations it was not fitted on (issue 16, point 7).
 
-The model (``distml.runtime.simulate``; formulas in docs/benchmarks.md and the module's
-docstring) is calibrated from one **profile run** per method: 2 workers on namespace
-hosts whose links are *not* rate-limited (as a user profiles on the machine at hand).
-From it come compute seconds per step, bytes and calls per step per collective kind, and
-the software latency per message hop. The model then **predicts** the step time of the
-same method on other configurations, which are run and measured: hosts in network
-namespaces (``distml.runtime.testbed``), each host's egress capped with tc tbf at every
-``--rates`` value, ``--workers`` workers (one per host, under torchrun as on a cluster).
+The model's structure (``distml.runtime.simulate``: TCP goodput η, a software latency
+α_sw per message hop calibrated from a profile, gloo's 2-worker all-gather) was fitted on
+8 configurations: sync SGD and QSGD 4 bit × 50 and 200 Mbit/s × 2 and 3 workers, compute
+held at 50 ms by a sleep (max relative error 7.9 %, the protocol of this file before
+issue 16). It is **not re-fitted here**. It is judged on held-out configurations that
+differ in every respect the fit did not see: 4 and 6 hosts; PowerSGD rank 2, top-k 1 %,
+the parameter server (BSP, 1 server on its own host) and gossip on a ring; a transport
+latency (``[comm] latency_ms``, a sleep before every call); real compute (the MLP's own
+forward and backward, no sleep); links capped both ways (a switch port).
 
-Workload: Fashion-MNIST, the MLP 784-512-512-10 (2.68 MB of fp32 gradients), momentum
-SGD, batch 64 per worker. Every step's compute is held at ``--compute-s`` with a sleep
-(``[faults] compute_s``): 3 processes on 2 cores would otherwise measure CPU contention,
-not the network. Methods: ``sync_sgd`` (fp32 ring all-reduce) and ``sync_sgd`` with the
-``qsgd`` 4-bit codec (not summable: two all-gathers per step, 8× fewer bytes).
+Per method, a **profile run** (2 workers on unlimited links, no latency, as a user
+profiles on the machine at hand) calibrates compute per step, bytes and calls per step
+and α_sw; the model then predicts each held-out configuration. **Measured** = rank 0's
+mean step time from the end of the first logging interval (warm-up) to the last; its
+communication = that minus the run's own mean compute per step; the predicted
+communication is ``simulate.predict_comm``. Relative error = |predicted − measured| /
+measured, per repeat (profiles and runs paired by repeat), mean and 95 % interval over
+repeats. The goal (≤ 20 %, communication only, every held-out configuration) is met only
+where the interval's upper end meets it. Needs root (namespaces); deletes what it creates.
 
-**Measured step time** = on rank 0, the median over logging intervals (``log_every``
-steps each; the first interval is warm-up and dropped) of Δ wall seconds / Δ steps from
-``events-rank0.jsonl``. Wall seconds exclude evaluation (docs/design.md §5); the run evaluates
-only at its end. With ``--repeats R`` every configuration (profiles included) runs R
-times, interleaved; the figure is the median of the R measurements, and the prediction
-the median of the R profiles' predictions. Relative error = |predicted − measured| /
-measured. Needs root (namespaces); deletes everything it creates.
-
-    python bench/cost_model.py --repeats 3     # the documented run (~15 min)
-    python bench/cost_model.py --quick         # smoke check: 200mbit, 3 workers, same path
-
-Ends with one JSON line (docs/design.md §5)::
-
-    {"bench": "cost_model", "max_relative_error": ..., "errors": {...}, ...}
+    python bench/cost_model.py           # the documented run (3 repeats)
+    python bench/cost_model.py --quick   # smoke check: 4 hosts, 1 repeat, same code path
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
+PROTOCOL = {
+    "fitted_on": "sync_sgd and qsgd_4bit x 50/200 Mbit/s x 2/3 workers, compute held at 50 ms "
+                 "(8 configurations; structure unchanged since, not re-fitted)",
+    "data": {"name": "fashion_mnist"}, "model": {"name": "mlp"},      # 784-512-512-10, 2.68 MB
+    "batch_size": 64, "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    "rate": "200mbit", "both_ways": True, "latency_ms": 2.0,
+    "hosts": [4, 6],                    # processes: the PS has hosts − 1 workers and 1 server
+    "methods": {
+        "powersgd_r2": {"algorithm": {"name": "sync_sgd"}, "comm": {"codec": {"name": "powersgd", "rank": 2}}},
+        "topk_1pct": {"algorithm": {"name": "sync_sgd"},
+                      "comm": {"codec": {"name": "topk", "ratio": 0.01}, "error_feedback": True}},
+        "ps": {"algorithm": {"name": "ps", "servers": 1}},
+        "gossip_ring": {"algorithm": {"name": "gossip", "graph": "ring"}},
+    },
+    "steps": 30, "log_every": 5, "repeats": 3, "seed": 0,
+    # the model and its simpler variants, each adding one correction to the last (as fitted);
+    # the goal is judged on "full"
+    "variants": {"plain": {"efficiency": 1.0, "alpha_sw": 0.0, "gloo": False},   # textbook α–β, α = 0
+                 "goodput": {"alpha_sw": 0.0, "gloo": False},                    # + TCP goodput η
+                 "alpha_sw": {"gloo": False},                                     # + software latency
+                 "full": {}},                                                     # + gloo's 2-worker all-gather
+    "goal": {"max_relative_error_comm": 0.20},
+    "quick": {"hosts": [4], "steps": 15, "repeats": 1},
+}
+
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from bandwidth import run_on_testbed  # noqa: E402  (torchrun across namespace hosts)
-from compression import toml_value  # noqa: E402
+from common import finish, interval, table  # noqa: E402
+from worlds import Session, add_cell, by_key, load, mean_step, measured_step, run_worlds  # noqa: E402
 
 from distml.runtime import simulate  # noqa: E402
-from distml.runtime.testbed import can_make_namespaces, hosts, limit  # noqa: E402
-
-#: method → (algorithm table, comm table)
-METHODS = {
-    "sync_sgd": ({"name": "sync_sgd"}, {}),
-    "qsgd_4bit": ({"name": "sync_sgd"}, {"codec": {"name": "qsgd", "bits": 4}}),
-    "powersgd_r2": ({"name": "sync_sgd"}, {"codec": {"name": "powersgd", "rank": 2}}),
-}
-#: model variants reported next to the full model, each adding one correction to the last
-VARIANTS = {"plain": {"efficiency": 1.0, "alpha_sw": 0.0, "gloo": False},   # textbook α–β, α = 0
-            "goodput": {"alpha_sw": 0.0, "gloo": False},                    # + TCP goodput η
-            "alpha_sw": {"gloo": False},                                     # + software latency
-            "full": {}}                                                      # + gloo's 2-worker all-gather
 
 
-def config_text(method: str, workers: int, steps: int, log_every: int, compute_s: float,
-                seed: int) -> str:
-    algorithm, comm = METHODS[method]
-    lines = ['name = "cost-model"', f"seed = {seed}", f"workers = {workers}", "[data]",
-             'source = { name = "fashion_mnist" }', "batch_size = 64", "[model]", 'name = "mlp"',
-             "[optim]", 'name = "sgd"', "lr = 0.05", "momentum = 0.9", "[algorithm]"]
-    lines += [f"{k} = {toml_value(v)}" for k, v in algorithm.items()]
-    lines += ["[comm]", "timeout_s = 300"] + [f"{k} = {toml_value(v)}" for k, v in comm.items()]
-    lines += ["[train]", "epochs = 1", f"max_steps = {steps}", f"eval_every = {steps}",
-              f"log_every = {log_every}", "progress = false", "[faults]", f"compute_s = {compute_s}"]
-    return "\n".join(lines) + "\n"
+def config(p: dict, method: dict, workers: int, seed: int, latency_ms: float) -> dict:
+    return {"name": "cost-model", "seed": seed, "workers": workers,
+            "data": {"source": p["data"], "batch_size": p["batch_size"]}, "model": p["model"],
+            "optim": p["optim"], "algorithm": method["algorithm"],
+            "comm": {"timeout_s": 300, "latency_ms": latency_ms, **method.get("comm", {})},
+            "train": {"max_steps": p["steps"], "epochs": 100, "eval_every": p["steps"],
+                      "log_every": p["log_every"], "progress": False}}
 
 
-def measured_step(run_dir: Path) -> float:
-    """Median seconds per step over rank 0's logging intervals, the first one dropped."""
-    events = [json.loads(line) for line in (run_dir / "events-rank0.jsonl").read_text().splitlines()
-              if line.strip()]
-    events = [e for e in events if "compute_seconds" in e]
-    per = [(b["wall_seconds"] - a["wall_seconds"]) / (b["step"] - a["step"])
-           for a, b in zip(events[1:], events[2:])]
-    if not per:
-        raise SystemExit(f"{run_dir}: too few logged intervals; raise --steps")
-    return statistics.median(per)
+def workers_on(method: dict, hosts: int) -> int:
+    return hosts - 1 if method["algorithm"]["name"] == "ps" else hosts
 
 
-def unlimit(hs) -> None:
-    """Remove the rate limit of every host (back to the default qdisc)."""
-    for h in hs:
-        subprocess.run(["ip", "netns", "exec", h.ns, "tc", "qdisc", "del", "dev", h.iface, "root"],
-                       capture_output=True)
-
-
-def run(hs, method: str, n: int, args, tmp: Path, tag: str, seed: int) -> Path:
-    """One torchrun job of ``method`` on the first ``n`` hosts; returns rank 0's run folder."""
-    cfg = tmp / f"{tag}.toml"
-    cfg.write_text(config_text(method, n, args.steps, args.log_every, args.compute_s, seed))
-    out = tmp / tag
-    for attempt in (1, 2):          # a rendezvous port taken by a dying run: retry once
-        try:
-            run_on_testbed(hs[:n], cfg, out, timeout=1800)
-            return out / "host0"
-        except SystemExit as e:
-            if attempt == 2:
-                raise
-            print(f"  {tag}: failed, retrying once ({str(e).splitlines()[0]})", file=sys.stderr)
-            time.sleep(2)
-    raise AssertionError("unreachable")
-
-
-def load() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one rate, 3 workers, fewer steps")
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--rates", default=None, help="comma-separated tc rates (default 50mbit,200mbit)")
-    ap.add_argument("--workers", default=None, help="comma-separated worker counts (default 2,3)")
-    ap.add_argument("--methods", default="sync_sgd,qsgd_4bit")
-    ap.add_argument("--steps", type=int, default=None, help="steps per run (default 60; quick 30)")
-    ap.add_argument("--log-every", type=int, default=5)
-    ap.add_argument("--compute-s", type=float, default=0.05, help="per-step compute, held by a sleep")
-    args = ap.parse_args()
-    reason = can_make_namespaces()
-    if reason:
-        raise SystemExit(f"bench/cost_model.py needs network namespaces: {reason}")
-    rates = (args.rates or ("200mbit" if args.quick else "50mbit,200mbit")).split(",")
-    workers = [int(w) for w in (args.workers or ("3" if args.quick else "2,3")).split(",")]
-    methods = args.methods.split(",")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise SystemExit(f"unknown methods {unknown}; valid: {', '.join(METHODS)}")
-    args.steps = args.steps or (30 if args.quick else 60)
-    t_start = time.perf_counter()
-    profiles: dict[str, list[dict]] = {m: [] for m in methods}
-    measured: dict[tuple, list[float]] = {}
-    loads = [load()]
-    print(f"cost model: rates {rates}, workers {workers}, methods {methods}, {args.steps} steps, "
-          f"compute {args.compute_s * 1e3:.0f} ms, {args.repeats} repeat(s); load {loads[0]}",
-          file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory(prefix="distml-cm-") as tmp_s, \
-            hosts(max(workers + [2])) as hs:
+def main() -> int:
+    run = Session("cost_model", __doc__, PROTOCOL, "4 hosts, 1 repeat: a smoke check")
+    p, log = run.p, run.log
+    bw = simulate.parse_bandwidth(p["rate"])
+    rows, comm_err, step_err, signed, by_variant = [], {}, {}, {}, {}
+    with tempfile.TemporaryDirectory(prefix="distml-cm-") as tmp_s:
         tmp = Path(tmp_s)
-        for rep in range(args.repeats):
-            unlimit(hs)
-            for m in methods:
-                prof = simulate.profile(run(hs, m, 2, args, tmp, f"profile-{m}-{rep}", rep))
-                prof["alpha_sw"] = simulate.software_alpha(prof)
-                profiles[m].append(prof)
-                print(f"  [{rep}] profile {m:10s} compute {prof['compute_per_step'] * 1e3:6.1f} ms/step, "
-                      f"comm {prof['comm_per_step'] * 1e3:5.1f} ms/step, "
-                      f"{prof['bytes_per_step'] / 1e3:8.1f} kB/step, ops {prof['ops']}, "
-                      f"α_sw {prof['alpha_sw'] * 1e3:.2f} ms  (load {load()})", file=sys.stderr, flush=True)
-            for rate in rates:
-                for h in hs:
-                    limit(h.ns, h.iface, rate)
-                for n in workers:
-                    for m in methods:
-                        d = run(hs, m, n, args, tmp, f"{m}-{rate}-{n}-{rep}", rep)
-                        t = measured_step(d)
-                        measured.setdefault((m, rate, n), []).append(t)
-                        pred = simulate.predict_step(profiles[m][-1], n, simulate.parse_bandwidth(rate))
-                        print(f"  [{rep}] {m:10s} {rate:>8s} {n} workers: measured {t * 1e3:7.1f} ms/step, "
-                              f"predicted {pred * 1e3:7.1f}  ({(pred - t) / t:+.1%}; load {load()})",
-                              file=sys.stderr, flush=True)
-            loads.append(load())
-    rows = []
-    for (m, rate, n), ts in measured.items():
-        bw = simulate.parse_bandwidth(rate)
-        meas = statistics.median(ts)
-        row = {"method": m, "rate": rate, "workers": n, "measured": meas, "measured_all": ts}
-        for name, kw in VARIANTS.items():
-            pred = statistics.median(simulate.predict_step(p, n, bw, **kw) for p in profiles[m])
-            row[name] = pred
-            row[f"{name}_error"] = abs(pred - meas) / meas
-        rows.append(row)
-    print("\n| method | rate | workers | measured ms/step (per repeat) | predicted | error "
-          "| plain α–β (error) | + goodput η | + α_sw | + gloo all-gather = predicted |",
-          file=sys.stderr)
-    print("|---|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
-    for r in rows:
-        steps = " | ".join(f"{r[v] * 1e3:.1f} ({r[f'{v}_error']:.1%})" for v in VARIANTS)
-        print(f"| {r['method']} | {r['rate']} | {r['workers']} | {r['measured'] * 1e3:.1f} "
-              f"({', '.join(f'{t * 1e3:.0f}' for t in r['measured_all'])}) | {r['full'] * 1e3:.1f} | "
-              f"**{r['full_error']:.1%}** | {steps} |", file=sys.stderr)
-    key = lambda r: f"{r['method']}/{r['rate']}/{r['workers']}w"  # noqa: E731
-    print(json.dumps({
-        "bench": "cost_model", "quick": args.quick, "repeats": args.repeats,
-        "max_relative_error": round(max(r["full_error"] for r in rows), 4),
-        "max_relative_error_by_variant": {v: round(max(r[f"{v}_error"] for r in rows), 4)
-                                          for v in VARIANTS},
-        "errors": {key(r): round(r["full_error"], 4) for r in rows},
-        "signed_errors": {key(r): round((r["full"] - r["measured"]) / r["measured"], 4) for r in rows},
-        "measured_ms": {key(r): round(r["measured"] * 1e3, 1) for r in rows},
-        "predicted_ms": {key(r): round(r["full"] * 1e3, 1) for r in rows},
-        "efficiency": round(simulate.wire_efficiency(), 4),
-        "alpha_sw_ms": {m: round(statistics.median(p["alpha_sw"] for p in ps) * 1e3, 2)
-                        for m, ps in profiles.items()},
-        "compute_s": args.compute_s, "steps": args.steps, "rates": rates, "workers": workers,
-        "load_average": loads, "bench_seconds": round(time.perf_counter() - t_start)}))
+        worlds: dict = {}
+        for rep in range(p["repeats"]):
+            for m, method in p["methods"].items():
+                add_cell(worlds, tmp, f"profile/{m}", config(p, method, 2, p["seed"] + rep, 0.0), rep,
+                         limited=False)
+                for h in p["hosts"]:
+                    add_cell(worlds, tmp, f"{m}/{h}", config(p, method, workers_on(method, h),
+                                                             p["seed"] + rep, p["latency_ms"]), rep)
+        log(f"cost model (held out): {sum(len(c) for c in worlds.values())} cells; load {load()}")
+        run_worlds(worlds, tmp, p["rate"], p["both_ways"], log)
+        cells = by_key(worlds)
+        for m, method in p["methods"].items():
+            profiles = [simulate.profile(Path(c["out"])) for c in cells[f"profile/{m}"]]
+            for h in p["hosts"]:
+                key, n = f"{m}/{h}", workers_on(method, h)
+                meas = [mean_step(Path(c["out"])) for c in cells[key]]
+                pred_comm = [simulate.predict_comm(profiles[c["rep"]], n, bw,
+                                                   call_latency=p["latency_ms"] / 1e3) for c in cells[key]]
+                pred_step = [profiles[c["rep"]]["compute_per_step"] + pc for c, pc in zip(cells[key], pred_comm)]
+                e_comm = [abs(pc - (s - c)) / (s - c) for pc, (s, c) in zip(pred_comm, meas)]
+                e_step = [abs(ps - s) / s for ps, (s, _) in zip(pred_step, meas)]
+                by_variant[key] = {v: round(statistics.fmean(
+                    abs(simulate.predict_comm(profiles[c["rep"]], n, bw, call_latency=p["latency_ms"] / 1e3, **kw)
+                        - (s - k)) / (s - k) for c, (s, k) in zip(cells[key], meas)), 4)
+                    for v, kw in p["variants"].items()}
+                comm_err[key], step_err[key] = interval(e_comm), interval(e_step)
+                signed[key] = round(statistics.fmean((pc - (s - c)) / (s - c)
+                                                     for pc, (s, c) in zip(pred_comm, meas)), 4)
+                ms = statistics.fmean(s for s, _ in meas)
+                mc = statistics.fmean(s - c for s, c in meas)
+                rows.append([m, h, n, f"{ms * 1e3:.0f}", f"{statistics.fmean(pred_step) * 1e3:.0f}",
+                             f"{step_err[key]['mean']:.1%} [{step_err[key]['ci95'][0]:.1%}, "
+                             f"{step_err[key]['ci95'][1]:.1%}]",
+                             f"{mc * 1e3:.0f}", f"{statistics.fmean(pred_comm) * 1e3:.0f}",
+                             f"{comm_err[key]['mean']:.1%} [{comm_err[key]['ci95'][0]:.1%}, "
+                             f"{comm_err[key]['ci95'][1]:.1%}]",
+                             f"{statistics.fmean(measured_step(Path(c['out'])) for c in cells[key]) * 1e3:.0f}"])
+                log(f"  {key}: step {ms * 1e3:.0f} ms (predicted {statistics.fmean(pred_step) * 1e3:.0f}), "
+                    f"comm {mc * 1e3:.0f} ms (predicted {statistics.fmean(pred_comm) * 1e3:.0f}): "
+                    f"comm error {comm_err[key]['mean']:.1%}")
+    worst_comm = max(comm_err, key=lambda k: comm_err[k]["mean"])
+    worst_step = max(step_err, key=lambda k: step_err[k]["mean"])
+    goal = PROTOCOL["goal"]["max_relative_error_comm"]
+    missed = sorted(k for k, e in comm_err.items() if e["ci95"][1] > goal)
+    headline = (f"held out (4–6 hosts, PowerSGD, top-k, PS, gossip, {p['latency_ms']:g} ms latency, "
+                f"real compute): communication within {comm_err[worst_comm]['mean']:.0%} "
+                f"({'goal ≤ 20% met on every configuration' if not missed else 'goal ≤ 20% missed on ' + ', '.join(missed)}); "
+                f"step time within {step_err[worst_step]['mean']:.0%}")
+    line = {"bench": "cost_model", "quick": run.quick, "repeats": p["repeats"],
+            "max_relative_error": round(step_err[worst_step]["mean"], 4),
+            "max_relative_error_comm": round(comm_err[worst_comm]["mean"], 4),
+            "max_relative_error_comm_upper": round(max(e["ci95"][1] for e in comm_err.values()), 4),
+            "max_relative_error_comm_by_variant": {v: max(e[v] for e in by_variant.values())
+                                                   for v in p["variants"]},
+            "goal_missed_on": missed, "headline": headline}
+    details = {"tables": [table(
+        f"Held-out configurations at {p['rate']} per link (both ways), {p['latency_ms']:g} ms transport "
+        "latency, real compute; predicted by profiles of 2 workers on unlimited links",
+        ["method", "hosts", "workers", "step ms", "predicted", "step error (95% CI)", "comm ms",
+         "predicted comm", "comm error (95% CI)", "median-interval step ms"], rows),
+        table("Communication-only error of the model's variants (each adds one correction; "
+              "mean over repeats)", ["configuration", *p["variants"]],
+              [[k, *(f"{e:.1%}" for e in v.values())] for k, v in by_variant.items()]),
+        ],
+        "comm_errors": comm_err, "step_errors": step_err, "signed_comm_errors": signed,
+        "comm_errors_by_variant": by_variant,
+        "efficiency": round(simulate.wire_efficiency(), 4), **run.record()}
+    return finish(line, PROTOCOL, quick=run.quick, details=details)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -195,6 +195,21 @@ def _stop(procs, grace_s: float = 5.0) -> None:
             p.join(5)
 
 
+def oversubscribed(config: dict[str, Any], world: int, say=None) -> dict[str, Any]:
+    """The workers' config when ``world`` ranks share fewer CPUs than ranks on this host.
+
+    Each rank then gets one intra-op thread (``train.threads_per_worker = 1``): more threads
+    than cores would only make the ranks preempt each other. Says so in one line.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if world <= cpus:
+        return config
+    (say or (lambda line: print(line, file=sys.stderr, flush=True)))(
+        f"distml: warning: {world} ranks on {cpus} CPUs: one thread per rank; step times "
+        "include CPU contention (use fewer workers, or more hosts, to time the algorithm)")
+    return {**config, "train": {**config.get("train", {}), "threads_per_worker": 1}}
+
+
 def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
     """Run ``world`` workers on this host and wait for them.
 
@@ -202,6 +217,7 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
         LaunchFailed: a worker failed; the others were given ``timeout_s`` to exit and
             then stopped.
     """
+    job = replace(job, config=oversubscribed(job.config, world))
     store, port = _host_store(timeout_s)
     view = live_view(job.config, job.out_dir, world)    # every rank's progress, from here
     if view is not None:

@@ -38,6 +38,18 @@ checks them on rate-limited hosts (docs/benchmarks.md, docs/choosing.md):
   its receive announcements queue in-band behind the peer's data on the one TCP
   connection two workers share).
 
+Two methods do not talk in collectives, and their traffic changes shape with N; their
+profile's point-to-point bytes are re-shaped by their topology (:data:`TOPOLOGIES`):
+
+- ``ps``: a worker's pushed bytes per step M, through ``parameter_server`` with the run's
+  S servers (or ``servers=``), as BSP moves them: pushes in, then pulls out;
+- ``gossip``: M = bytes per step / the graph's out-degree at the profile's N; at N
+  workers each round sends to d(N) neighbours (ring 2, 4 × 4 torus 4, one-peer
+  exponential 1), and its message count scales the same way.
+
+A transport latency (``[comm] latency_ms``: a sleep before every call, not per hop) adds
+``calls per step × latency`` (``call_latency=``).
+
 step time = compute + Σ over the collectives of the step (no overlap: an upper bound);
 throughput = N / step time worker-steps (batches) per second; scaling efficiency =
 compute / step time (1.0 when communication is free).
@@ -185,9 +197,47 @@ def software_alpha(prof: dict[str, Any]) -> float:
     return prof["comm_per_step"] / hops if hops else 0.0
 
 
+def _p2p(ops: dict[str, dict[str, float]]) -> tuple[float, float]:
+    """Bytes sent and calls per step of the point-to-point kinds (send, recv, isend, ...)."""
+    kinds = [o for op, o in ops.items() if op not in COLLECTIVES]
+    return sum(o["bytes"] for o in kinds), sum(o["calls"] for o in kinds)
+
+
+def _ps_comm(prof: dict[str, Any], n: int, bw: float,
+             servers: int | None = None) -> tuple[float, float]:
+    """A worker's push M through S servers (BSP); its calls grow with S (one per shard)."""
+    pushed = _p2p(prof["ops"])[0]
+    profiled = prof["topology"].get("servers", 1)
+    s = servers or profiled
+    return parameter_server(n, pushed, bw, 0.0, s), s / profiled
+
+
+def out_degree(graph_spec, n: int) -> float:
+    """Neighbours a worker sends to per round on ``graph_spec`` with ``n`` workers
+    (the most over ranks, averaged over the graph's period)."""
+    from distml.comm.topology import build_graph
+    g = build_graph(graph_spec, n)
+    rounds = range(g.period())
+    return sum(max(len(g.sends_to(r, k)) for r in range(n)) for k in rounds) / len(rounds)
+
+
+def _gossip_comm(prof: dict[str, Any], n: int, bw: float,
+                 servers: int | None = None) -> tuple[float, float]:
+    """Each round, the model to each of d(N) neighbours: bytes and calls scale by d(N)/d(N₀)."""
+    graph = prof["topology"].get("graph", "ring")
+    scale = out_degree(graph, n) / out_degree(graph, prof["workers"])
+    return gossip(n, _p2p(prof["ops"])[0] * scale, bw, 0.0, degree=1), scale
+
+
+#: algorithm → (seconds its bytes take per step at n workers, factor on its calls), from
+#: the profile's point-to-point traffic; the others replay their collectives (:func:`comm_seconds`)
+TOPOLOGIES = {"ps": _ps_comm, "gossip": _gossip_comm}
+
+
 def predict_step(prof: dict[str, Any], n: int, bandwidth: float, latency: float = 0.0,
                  efficiency: float | None = None, alpha_sw: float | None = None,
-                 gloo: bool = True) -> float:
+                 gloo: bool = True, call_latency: float = 0.0,
+                 servers: int | None = None) -> float:
     """Predicted seconds per step of the profiled run's method on ``n`` workers.
 
     Args:
@@ -198,11 +248,30 @@ def predict_step(prof: dict[str, Any], n: int, bandwidth: float, latency: float 
         efficiency: goodput per link byte; :func:`wire_efficiency` by default.
         alpha_sw: software seconds per hop; :func:`software_alpha` of the profile by default.
         gloo: gloo's collectives (the default) or the textbook ones.
+        call_latency: seconds the transport sleeps before every call (``[comm] latency_ms``).
+        servers: the parameter server's server count (default: the profiled run's).
     """
+    return prof["compute_per_step"] + predict_comm(prof, n, bandwidth, latency, efficiency,
+                                                   alpha_sw, gloo, call_latency, servers)
+
+
+def predict_comm(prof: dict[str, Any], n: int, bandwidth: float, latency: float = 0.0,
+                 efficiency: float | None = None, alpha_sw: float | None = None,
+                 gloo: bool = True, call_latency: float = 0.0,
+                 servers: int | None = None) -> float:
+    """:func:`predict_step` without the compute: communication seconds per step."""
     eff = wire_efficiency() if efficiency is None else efficiency
     a_sw = software_alpha(prof) if alpha_sw is None else alpha_sw
-    return prof["compute_per_step"] + comm_seconds(prof["ops"], n, eff * bandwidth, latency + a_sw,
-                                                   gloo=gloo)
+    bw, alpha = eff * bandwidth, latency + a_sw
+    shaped = TOPOLOGIES.get(prof["algorithm"])
+    calls = prof.get("calls_per_step") or sum(o["calls"] for o in prof["ops"].values())
+    if shaped is not None and prof.get("topology") is not None:
+        seconds, scale = shaped(prof, n, bw, servers)
+        comm = seconds + _p2p(prof["ops"])[1] * scale * alpha    # a p2p call is one hop
+        calls *= scale
+    else:
+        comm = comm_seconds(prof["ops"], n, bw, alpha, gloo=gloo)
+    return comm + calls * call_latency
 
 
 def profile(run_dir: Path) -> dict[str, Any]:
@@ -229,12 +298,26 @@ def profile(run_dir: Path) -> dict[str, Any]:
     per_step = sum(o["bytes"] for o in ops.values()) if ops else s["bytes_sent"] / workers / steps
     return {
         "run": str(run_dir), "algorithm": s["algorithm"], "workers": workers,
+        "topology": _topology(Path(run_dir), s["algorithm"]),
+        # every transport call a step makes, payload-less ones too (each pays [comm] latency_ms)
+        "calls_per_step": sum(o.get("calls", 0) for pr in per_rank for o in pr.get("ops", {}).values()
+                              if o.get("calls", 0) > 1) / steps / max(len(per_rank), 1),
         "compute_per_step": s["compute_seconds"] / steps,
         "comm_per_step": (s["comm_seconds"] + s.get("wait_seconds", 0.0)) / steps,
         "bytes_per_step": per_step, "ops": ops or {"all_reduce": {"bytes": per_step, "calls": 1.0}},
         "model_bytes": model_bytes, "gathered": gathered,
         "measured_step": s["wall_seconds"] / steps if s.get("wall_seconds") else None,
     }
+
+
+def _topology(run_dir: Path, algorithm: str) -> dict[str, Any] | None:
+    """The parameters that shape a :data:`TOPOLOGIES` method's traffic, from the run's
+    ``config.json`` (servers of ``ps``, graph of ``gossip``); None for the others."""
+    path = run_dir / "config.json"
+    if algorithm not in TOPOLOGIES or not path.exists():
+        return None
+    spec = json.loads(path.read_text()).get("algorithm", {})
+    return {"servers": int(spec.get("servers", 1)), "graph": spec.get("graph", "ring")}
 
 
 def per_step_ops(per_rank: list[dict[str, Any]], steps: int) -> dict[str, dict[str, float]]:
