@@ -68,6 +68,7 @@ class LocalSGD(Algorithm):
 
     buffers = "average"
     supports = Supports(wrap=True, **LOOP_STEP)   # wrap: finish() runs on_train_end
+    elastic = True        # a lost worker: the survivors average among themselves (regroup)
 
     def __init__(self, period: int = 8, warmup_steps: int = 0, outer_optimizer=None,
                  bmuf: bool = False, block_momentum: float = 0.9, block_lr: float = 1.0,
@@ -110,6 +111,12 @@ class LocalSGD(Algorithm):
         self.start_from(flatten(self.params))
         self.codec_state = init_state(self.codec, self.anchor, [p.shape for p in self.params])
         self._sent: torch.Tensor | None = None                 # the delta in flight (pipeline)
+
+    def check_config(self, config) -> None:
+        if self.pipeline and config.faults.on_worker_loss == "continue":
+            raise ConfigError("local_sgd: pipeline = true cannot continue after a worker loss "
+                              "(an averaging stays in flight across steps); set pipeline = false "
+                              "or faults.on_worker_loss = 'stop'")
 
     def start_from(self, x: torch.Tensor) -> None:
         """Make ``x`` the anchor (the agreed model) and the outer optimizer's parameter."""
