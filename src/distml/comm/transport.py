@@ -229,7 +229,7 @@ class Transport:
         """
         if self.store is None:
             raise PeerError(f"rank {self.global_rank}: cannot regroup without the launcher's store")
-        Transport.abort()
+        self.leave_broken()
         timeout_s = self.timeout.total_seconds()
         try:
             dist.init_process_group(backend=self.backend_name, rank=rank, world_size=world_size,
@@ -300,6 +300,18 @@ class Transport:
             self._guard("barrier", dist.barrier)    # a peer that died at the end names itself
         finally:
             dist.destroy_process_group()
+
+    def leave_broken(self) -> None:
+        """Tear a group with a dead peer down now, so that its connections close and a
+        peer still blocked on this rank fails at once (not at the timeout).
+
+        A connection stays open while any work item of the group lives, so the operations
+        in flight are dropped from the operation log first; the caller drops its own
+        (the traceback of the error holds the frames that held them).
+        """
+        self.oplog.abandon()
+        Transport.abort()
+        gc.collect()
 
     @staticmethod
     def abort() -> None:

@@ -57,6 +57,7 @@ class MembershipChange:
     failed_at: float           # unix time of the failure on rank 0 of the new group
     resumed_at: float          # unix time training resumed
     next_step_at: float | None = None   # unix time the first step after it completed
+    phases: dict | None = None   # seconds per phase on this rank: leave, dead, rejoin, agree
 
 
 class Survivors:
@@ -103,8 +104,11 @@ class Survivors:
         """
         t0, failed_at = time.perf_counter(), time.time()
         old = loop.transport
-        old.abort()          # our connections close: survivors blocked on us fail now too
+        _drop_frames(error)   # they hold the work items in flight, which hold the connections
+        old.leave_broken()    # our connections close: survivors blocked on us fail now too
+        marks = [time.perf_counter()]
         dead = self._dead(error)
+        marks.append(time.perf_counter())
         survivors = [r for r in self.members if r not in dead]
         left = ", ".join(f"rank {r}" for r in dead)
         if len(survivors) < self.min_workers:
@@ -114,6 +118,7 @@ class Survivors:
         new = old.rejoin(survivors.index(self.launch_rank), len(survivors),
                          f"distml/elastic/{generation}/")
         self.members = survivors
+        marks.append(time.perf_counter())
         views = new.all_gather_json([done, applied, failed_at])
         # the most advanced rank leads: most steps, then a completed one over one in flight
         lead = max(range(len(views)), key=lambda r: (views[r][0], not views[r][1], -r))
@@ -126,12 +131,17 @@ class Survivors:
         if pending:     # finish the step's communication among the survivors
             loop.parts.algorithm.after_step(step)
             step += 1
+        marks.append(time.perf_counter())
+        phases = dict(zip(("leave", "dead", "rejoin", "agree"),
+                          (round(b - a, 4) for a, b in zip([t0, *marks], marks))))
         change = MembershipChange(step=step, left=dead, workers=len(survivors),
                                   recovery_seconds=time.perf_counter() - t0,
-                                  failed_at=min(v[2] for v in views), resumed_at=time.time())
+                                  failed_at=min(v[2] for v in views), resumed_at=time.time(),
+                                  phases=phases)
         self.changes.append(change)
         log.warning("membership: %s left; continuing with %d workers from step %d "
-                    "(recovered in %.2f s)", left, len(survivors), step, change.recovery_seconds)
+                    "(recovered in %.2f s: %s)", left, len(survivors), step,
+                    change.recovery_seconds, phases)
         return step
 
     def step_completed(self) -> None:
@@ -141,3 +151,14 @@ class Survivors:
 
     def summary(self) -> list[dict]:
         return [asdict(c) for c in self.changes]
+
+
+def _drop_frames(error: BaseException) -> None:
+    """Forget the tracebacks of ``error`` and its causes: their frames hold the failed
+    step's handles, and a live handle keeps the broken group's connections open."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
