@@ -338,10 +338,10 @@ class TrainLoop:
                 try:
                     for step, micro in self._steps():  # noqa: B007
                         self.clock.start()
-                        self._applied = False
                         if self.faults is not None:
                             self.faults.begin(step)
                         loss = self._one_step(micro, step)
+                        self._applied = False    # the step is complete: nothing in flight
                         if self.faults is not None:
                             self.faults.end(step)        # an injected slow step counts as compute
                         self.clock.stop()
@@ -392,7 +392,7 @@ class TrainLoop:
                     if self.survivors is None:
                         raise
                     done = self.survivors.recover(self, e, done, self._applied)
-                    self.start_step = done
+                    self.start_step, self._applied = done, False
                     if self.rank == 0:
                         sink.lead(out)
         finally:
