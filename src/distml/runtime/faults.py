@@ -71,7 +71,10 @@ def check_worker_loss(cfg: FaultsConfig, workers: int, algorithm, name: str) -> 
         return
     if not algorithm.elastic:
         from distml.algorithms import ALGORITHMS
-        able = [n for n in ALGORITHMS.names() if getattr(ALGORITHMS.get(n), "elastic", False)]
+        from distml.algorithms.base import Algorithm
+        classes = {n: ALGORITHMS.get(n) for n in ALGORITHMS.names()}
+        able = [n for n, c in classes.items()
+                if isinstance(c, type) and issubclass(c, Algorithm) and c.elastic]
         raise ConfigError(f"algorithm '{name}' cannot continue after a worker loss "
                           f"(faults.on_worker_loss = 'continue' works with {', '.join(able)}); "
                           "use on_worker_loss = 'stop' or 'restart'")
