@@ -26,10 +26,14 @@ def _epochs(loader):
 
 
 def concatenated_sgd(cfg, steps: int, workers: int = 2, accumulate: int = 1,
-                     clip: float | None = None):
+                     clip: float | None = None, regroup: tuple[int, int] | None = None):
     """One process stepping on the concatenation of every rank's ``accumulate`` batches of
     each step (equal batch sizes: the mean of the means), clipped like the run; returns the
-    model and how many steps the clip shortened the gradient."""
+    model and how many steps the clip shortened the gradient.
+
+    ``regroup = (k, n)``: from step k on, the data is re-partitioned among n workers, each
+    reading its new shard from batch k on (survivors of a worker loss, runtime/elastic.py).
+    """
     torch.set_num_threads(1)
     source = SOURCES.build(cfg.data.source, seed=cfg.seed)
     ranks = rank_streams(cfg, source, workers)
@@ -37,7 +41,10 @@ def concatenated_sgd(cfg, steps: int, workers: int = 2, accumulate: int = 1,
     loss_fn = build_loss(cfg.model.loss, cfg.model.name, source.info)
     opt = build_optimizer(cfg.optim.spec(), model.parameters())
     clipped = 0
-    for _ in range(steps):
+    for step in range(steps):
+        if regroup is not None and step == regroup[0]:
+            ranks = [itertools.islice(r, step * accumulate, None)
+                     for r in rank_streams(cfg, source, regroup[1])]
         batches = [b for r in ranks for b in itertools.islice(r, accumulate)]
         opt.zero_grad()
         x = torch.cat([x for x, _ in batches]).double()

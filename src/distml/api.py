@@ -159,6 +159,9 @@ def run_to_folder(config=None, *, overrides: list[str] | None = None, workers: i
     if int(max_restarts) != max_restarts or max_restarts < 0:
         raise ConfigError(f"max_restarts must be an integer >= 0, got {max_restarts}")
     cfg = load_run_config(config, overrides)
+    if cfg.faults.on_worker_loss == "restart" and not max_restarts:
+        raise ConfigError("faults.on_worker_loss = 'restart' needs --max-restarts N (N >= 1, "
+                          "max_restarts in the Python API)")
     user = _user_parts(model, train_data, test_data, loss, task)
     resolved = preflight(cfg, user, out, resume, runs_root)  # every check before a process starts
     run_dir = prepare_run_dir(cfg.name, out, resume, root=runs_root)

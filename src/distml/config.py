@@ -157,7 +157,15 @@ class DelayConfig(_Section):
 
 class CrashConfig(_Section):
     rank: int = Field(ge=0)                    # this process exits abruptly (tests of failure handling)
-    after_s: float = Field(gt=0)               # seconds after joining the world
+    after_s: float | None = Field(None, gt=0)  # seconds after joining the world, or
+    step: int | None = Field(None, ge=0)       # before this step of the worker loop
+
+    @model_validator(mode="after")
+    def _one_moment(self) -> CrashConfig:
+        if (self.after_s is None) == (self.step is None):
+            raise ValueError("give exactly one of after_s (seconds after joining) and step "
+                             "(before that step)")
+        return self
 
 
 class HangConfig(_Section):
@@ -179,6 +187,11 @@ class FaultsConfig(_Section):
     crash: CrashConfig | None = None
     hang: HangConfig | None = None
     slow_eval: SlowEvalConfig | None = None       # rank 0's evaluations take this much longer
+    # what the group does when a worker dies (runtime/elastic.py, docs/faults.md): stop (and
+    # restart the whole group when --max-restarts is given), restart (needs --max-restarts),
+    # or continue among the survivors while at least min_workers are left
+    on_worker_loss: Literal["stop", "restart", "continue"] = "stop"
+    min_workers: int = Field(1, ge=1)
 
 
 class RunConfig(_Section):

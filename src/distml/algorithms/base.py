@@ -100,6 +100,9 @@ class Algorithm:
     supports = Supports()
     #: BatchNorm layers become SyncBatchNorm (``prepare_model``); CUDA only, refused on CPU
     sync_batchnorm = False
+    #: the survivors of a worker loss can go on with it (``[faults] on_worker_loss =
+    #: "continue"``, runtime/elastic.py): it implements ``regroup``
+    elastic = False
 
     def launch_size(self, workers: int) -> int:
         """How many processes the launcher starts for ``workers`` workers (servers are extra)."""
@@ -128,6 +131,13 @@ class Algorithm:
         """Once, after the model and optimizer are built: keep them, agree on a start."""
         self.model = model
         self.optimizer = optimizer
+        self.transport = transport
+
+    def regroup(self, transport) -> None:
+        """A worker died and the survivors formed ``transport`` (fewer ranks, new rank
+        numbers) at a step boundary; adapt whatever depends on the group (divisors,
+        graphs, in-flight handles). Model, optimizer and ``state_dict()`` are already
+        agreed. Only ``elastic`` algorithms are called (runtime/elastic.py)."""
         self.transport = transport
 
     def loss_terms(self, model: nn.Module) -> torch.Tensor | None:

@@ -66,6 +66,7 @@ class Gossip(Algorithm):
 
     buffers = "average"    # the evaluated mean of the replicas carries their mean buffers
     supports = Supports(wrap=False, **LOOP_STEP)   # wrap: the evaluated model is the mean
+    elastic = True         # a lost worker: the graph is rebuilt over the survivors (regroup)
 
     def __init__(self, graph: str | dict = "ring", every: int = 1, local_init_seed: int | None = None,
                  gamma: float = 0.2, codec=None):
@@ -89,6 +90,10 @@ class Gossip(Algorithm):
         graph = build_graph(self.graph_spec, config.workers)    # its parameters fit the world
         if self.codec is None:
             return
+        if config.faults.on_worker_loss == "continue":
+            raise ConfigError("compressed gossip (CHOCO-SGD) cannot continue after a worker loss "
+                              "(every neighbour's public copy x̂ would have to be rebuilt); remove "
+                              "comm.codec or set faults.on_worker_loss = 'stop'")
         if config.comm.error_feedback:
             raise ConfigError("gossip with a codec (CHOCO-SGD) keeps its own error memory (the "
                               "public copies x̂); remove comm.error_feedback")
@@ -115,6 +120,17 @@ class Gossip(Algorithm):
             start = x if self.local_init_seed is None else torch.zeros_like(x)
             holders = [transport.rank, *self.graph.receives_from(transport.rank)]
             self._hat = {j: start.clone() for j in holders}
+
+    def regroup(self, transport) -> None:
+        """Rebuild the graph over the survivors (new ranks, new neighbours). A graph whose
+        parameters do not fit the new size (a torus of 2 rows for 3 workers) becomes a
+        ring."""
+        super().regroup(transport)
+        try:
+            self.graph = build_graph(self.graph_spec, transport.world_size)
+        except (ConfigError, ValueError):
+            self.graph = build_graph("ring", transport.world_size)
+        self._buffers = {}
 
     def after_step(self, step: int) -> None:
         if (step + 1) % self.every or self.transport.world_size == 1:

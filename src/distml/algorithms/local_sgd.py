@@ -68,6 +68,7 @@ class LocalSGD(Algorithm):
 
     buffers = "average"
     supports = Supports(wrap=True, **LOOP_STEP)   # wrap: finish() runs on_train_end
+    elastic = True        # a lost worker: the survivors average among themselves (regroup)
 
     def __init__(self, period: int = 8, warmup_steps: int = 0, outer_optimizer=None,
                  bmuf: bool = False, block_momentum: float = 0.9, block_lr: float = 1.0,
@@ -138,6 +139,16 @@ class LocalSGD(Algorithm):
         self.fragments = [Fragment(group, self.outer_spec, self.codec)
                           for group in self.split(params)]
         self.done = 0                                          # steps done (after_step calls)
+
+    def check_config(self, config) -> None:
+        # an averaging that lands steps after it started (pipeline, Streaming DiLoCo's
+        # overlap) would be half-done on the survivors of a worker loss
+        if config.faults.on_worker_loss == "continue" and \
+                self.merge_step(self.warmup_steps + 1) is not None:
+            name = self.describe()["algorithm"]
+            raise ConfigError(f"{name}: an averaging in flight across steps (pipeline = true or "
+                              "overlap_steps > 0) cannot continue after a worker loss; turn the "
+                              "overlap off or set faults.on_worker_loss = 'stop'")
 
     def is_sync_step(self, step: int) -> bool:
         return bool(self.due(step + 1))

@@ -62,6 +62,7 @@ class SyncSGD(Algorithm):
 
     buffers = "rank0"       # gradients are averaged, buffers stay local (DDP); broadcast at setup
     supports = Supports(wrap=True, **LOOP_STEP)
+    elastic = True          # a lost worker: the survivors average among themselves
 
     def __init__(self, bucket_mb: float = 25.0, overlap: bool = True, sync_batchnorm: bool = False,
                  momentum_correction: bool = False, momentum_masking: bool = False, codec=None):
@@ -115,6 +116,15 @@ class SyncSGD(Algorithm):
         if self.overlap and transport.world_size > 1 and self.codec is None:
             for p in params:
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._grad_ready))
+
+    def regroup(self, transport) -> None:
+        """Average over the survivors from now on; a step that failed mid-reduction left
+        buckets half launched: forget them (the loop runs the step again)."""
+        super().regroup(transport)
+        self._divisor = float(transport.world_size)
+        self._reset()
+        if transport.world_size == 1:      # after_backward then keeps the local gradient
+            self.close()
 
     def _move_momentum_into_codec(self, optimizer, params) -> None:
         """DGC momentum correction: the codec carries the velocity, the optimizer none.

@@ -48,6 +48,16 @@ class OpLog:
     def end(rec: list, at: float | None = None) -> None:
         rec[END] = time.perf_counter() if at is None else at
 
+    def abandon(self, at: float | None = None) -> None:
+        """Every unfinished operation ended with its group (a dead peer, runtime/elastic.py):
+        stamp it finished, so the watchdog does not report it as a hang, and drop its work
+        item, whose buffers would keep the group's connections open."""
+        at = time.perf_counter() if at is None else at
+        for rec in self.records:
+            if rec[END] is None:
+                rec[END] = at
+            rec[WORK] = None
+
     @staticmethod
     def attach(rec: list, work) -> None:
         """An async op: its work item tells the watchdog whether it finished unwaited."""

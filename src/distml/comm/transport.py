@@ -187,6 +187,8 @@ class Transport:
         self.latency_s = latency_ms / 1000.0
         self._global_ranks = list(global_ranks) if global_ranks is not None else list(range(world_size))
         self._subgroups: list[Transport] = []
+        self.store = None       # the rendezvous store this world met through (rejoin)
+        self.backend_name = "gloo"
 
     # ---- lifecycle -------------------------------------------------------------------
     @classmethod
@@ -206,7 +208,40 @@ class Transport:
         except (RuntimeError, dist.DistStoreError) as e:
             raise PeerError(f"rank {rank}: could not join the {world_size}-rank world within "
                             f"{timeout_s:g} s ({_first_line(e)})") from e
-        return cls(rank, world_size, timeout_s=timeout_s, latency_ms=latency_ms)
+        joined = cls(rank, world_size, timeout_s=timeout_s, latency_ms=latency_ms)
+        joined.store, joined.backend_name = store, backend
+        return joined
+
+    def rejoin(self, rank: int, world_size: int, prefix: str) -> Transport:
+        """Leave this (broken) world and form a new one, without restarting the process.
+
+        The survivors of a dead peer each call it with their new ``rank`` among
+        ``world_size`` and the same fresh ``prefix``: a new default process group meets
+        over a :class:`torch.distributed.PrefixStore` of the same rendezvous store, so
+        none of the old group's keys or connections are reused (runtime/elastic.py).
+        Tearing the old group down first closes its connections, so a survivor still
+        blocked on this one fails at once instead of at the timeout. Counters and the
+        operation log carry over.
+
+        Raises:
+            PeerError: there is no store to meet through (``env://``, torchrun), or the
+                others did not arrive within the timeout.
+        """
+        if self.store is None:
+            raise PeerError(f"rank {self.global_rank}: cannot regroup without the launcher's store")
+        self.leave_broken()
+        timeout_s = self.timeout.total_seconds()
+        try:
+            dist.init_process_group(backend=self.backend_name, rank=rank, world_size=world_size,
+                                    store=dist.PrefixStore(prefix, self.store),
+                                    timeout=self.timeout)
+        except (RuntimeError, dist.DistStoreError) as e:
+            raise PeerError(f"rank {rank}: the {world_size} survivors did not regroup within "
+                            f"{timeout_s:g} s ({_first_line(e)})") from e
+        new = Transport(rank, world_size, timeout_s=timeout_s, stats=self.stats,
+                        latency_ms=self.latency_s * 1000, oplog=self.oplog)
+        new.store, new.backend_name = self.store, self.backend_name
+        return new
 
     def place_threads(self, local_rank: int, local_world: int):
         """Pin gloo's event-loop and work threads apart (see :mod:`distml.comm.placement`).
@@ -265,6 +300,18 @@ class Transport:
             self._guard("barrier", dist.barrier)    # a peer that died at the end names itself
         finally:
             dist.destroy_process_group()
+
+    def leave_broken(self) -> None:
+        """Tear a group with a dead peer down now, so that its connections close and a
+        peer still blocked on this rank fails at once (not at the timeout).
+
+        A connection stays open while any work item of the group lives, so the operations
+        in flight are dropped from the operation log first; the caller drops its own
+        (the traceback of the error holds the frames that held them). No ``gc.collect()``:
+        reference counting frees them, and a full collection took seconds on a loaded host.
+        """
+        self.oplog.abandon()
+        Transport.abort()
 
     @staticmethod
     def abort() -> None:

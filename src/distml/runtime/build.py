@@ -23,7 +23,7 @@ from distml.optim import build_optimizer, build_schedule, is_full_batch, needs_c
 from distml.partition import PARTITIONS, SOURCES, make_loader
 from distml.partition.steps import total_steps as run_steps
 from distml.registry import split_spec
-from distml.runtime.faults import check_faults
+from distml.runtime.faults import check_faults, check_worker_loss
 
 MAX_PROCESSES = 2048    # workers are at most 1024 (config.py); servers and helpers on top
 
@@ -131,10 +131,8 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
     algorithm.check_config(config)
     algorithm.check_data(info, bool(source.online))
     check_faults(config.faults, world, processes)
-    partition = PARTITIONS.build(config.data.partition)
-    loader = None if rank >= world else make_loader(
-        source, partition, rank, world, config.data.batch_size, config.seed,
-        samples_per_epoch=config.data.samples_per_epoch)
+    check_worker_loss(config.faults, world, algorithm, config.algorithm.name)
+    loader = None if rank >= world else shard_loader(config, source, rank, world)
     _check_step_features(config, algorithm, optim_name, full_batch or closure)
     # a step is one optimizer step, of accumulate_steps batches
     batches_per_epoch = 1 if (full_batch or loader is None) else loader.steps_per_epoch
@@ -164,6 +162,14 @@ def build_parts(config: RunConfig, rank: int, world: int, device: torch.device |
                  optimizer=optimizer, schedule=schedule, algorithm=algorithm,
                  steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                  full_batch=full_batch, needs_closure=closure)
+
+
+def shard_loader(config: RunConfig, source, rank: int, world: int):
+    """Worker ``rank``'s loader of its shard when ``world`` workers split the data (also
+    after survivors re-partition it, runtime/elastic.py)."""
+    return make_loader(source, PARTITIONS.build(config.data.partition), rank, world,
+                       config.data.batch_size, config.seed,
+                       samples_per_epoch=config.data.samples_per_epoch)
 
 
 def build_algorithm(config: RunConfig, rank: int = 0):
@@ -234,9 +240,7 @@ def make_plan(config: RunConfig, user: UserParts | None = None) -> dict[str, Any
     parts = build_parts(config, 0, world, "cpu", user, source=source)
     shards = []
     for rank in range(world):
-        loader = parts.loader if rank == 0 else make_loader(
-            source, PARTITIONS.build(config.data.partition), rank, world, config.data.batch_size,
-            config.seed, samples_per_epoch=config.data.samples_per_epoch)
+        loader = parts.loader if rank == 0 else shard_loader(config, source, rank, world)
         shards.append({"rank": rank, "role": "worker" + (" (lead)" if rank == 0 else ""),
                        "samples_per_epoch": loader.steps_per_epoch * config.data.batch_size,
                        "steps_per_epoch": loader.steps_per_epoch})

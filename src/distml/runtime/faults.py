@@ -17,7 +17,8 @@ time (wall time minus the time inside the transport):
 - ``slow_eval = {seconds = 5.0}``: rank 0 sleeps that long in every evaluation, as a
   large test set or model would (tests that the others' waits outlast ``comm.timeout_s``);
 - ``crash = {rank = 1, after_s = 2.0}``: that process dies with SIGKILL 2 s after it
-  joined the world (tests of failure detection);
+  joined the world (tests of failure detection); ``crash = {rank = 1, step = 5}``: before
+  step 5 of the worker loop (tests of in-place recovery, runtime/elastic.py);
 - ``hang = {rank = 1, step = 3}``: that worker stops for good before step 3 (alive, in
   no operation), so its peers wait in that step's collective: tests of hang reports
   (runtime/hang.py).
@@ -56,6 +57,32 @@ def check_faults(cfg: FaultsConfig, workers: int, processes: int) -> None:
                           f"got {cfg.hang.rank}")
 
 
+def check_worker_loss(cfg: FaultsConfig, workers: int, algorithm, name: str) -> None:
+    """Refuse an ``on_worker_loss`` / ``min_workers`` the run cannot honour.
+
+    Raises:
+        ConfigError: "continue" with an algorithm that cannot regroup (``Algorithm.elastic``),
+            ``min_workers`` above ``workers``, or ``min_workers`` without "continue".
+    """
+    if cfg.on_worker_loss != "continue":
+        if cfg.min_workers != 1:
+            raise ConfigError("faults.min_workers applies to on_worker_loss = 'continue' only; "
+                              "remove it or set faults.on_worker_loss = 'continue'")
+        return
+    if not algorithm.elastic:
+        from distml.algorithms import ALGORITHMS
+        from distml.algorithms.base import Algorithm
+        classes = {n: ALGORITHMS.get(n) for n in ALGORITHMS.names()}
+        able = [n for n, c in classes.items()
+                if isinstance(c, type) and issubclass(c, Algorithm) and c.elastic]
+        raise ConfigError(f"algorithm '{name}' cannot continue after a worker loss "
+                          f"(faults.on_worker_loss = 'continue' works with {', '.join(able)}); "
+                          "use on_worker_loss = 'stop' or 'restart'")
+    if cfg.min_workers > workers:
+        raise ConfigError(f"faults.min_workers must be in [1, workers = {workers}], "
+                          f"got {cfg.min_workers}")
+
+
 class FaultInjector:
     """Per-step sleeps of one worker; ``begin()`` before a step, ``end(step)`` after it.
 
@@ -81,6 +108,9 @@ class FaultInjector:
 
     def begin(self, step: int) -> None:
         self.stop_if_hung(step)
+        crash = self.cfg.crash
+        if crash is not None and crash.rank == self.rank and crash.step == step:
+            os.kill(os.getpid(), signal.SIGKILL)
         self._t0 = time.perf_counter()
         self._busy0 = self.stats.comm_seconds + self.stats.wait_seconds
 
@@ -108,14 +138,16 @@ class FaultInjector:
 
 def make_faults(cfg: FaultsConfig, rank: int, seed: int, stats) -> FaultInjector | None:
     """The injector of a worker, or None when no per-step fault applies."""
-    if cfg.straggler is None and cfg.delay is None and cfg.compute_s is None and cfg.hang is None:
+    stepped_crash = cfg.crash is not None and cfg.crash.step is not None
+    if cfg.straggler is None and cfg.delay is None and cfg.compute_s is None and cfg.hang is None \
+            and not stepped_crash:
         return None
     return FaultInjector(cfg, rank, seed, stats)
 
 
 def arm_crash(cfg: FaultsConfig, rank: int) -> threading.Timer | None:
     """If ``faults.crash`` names this rank, kill this process after ``after_s`` seconds."""
-    if cfg.crash is None or cfg.crash.rank != rank:
+    if cfg.crash is None or cfg.crash.rank != rank or cfg.crash.after_s is None:
         return None
     timer = threading.Timer(cfg.crash.after_s, os.kill, (os.getpid(), signal.SIGKILL))
     timer.daemon = True

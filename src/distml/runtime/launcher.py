@@ -30,13 +30,14 @@ from typing import Any
 from distml.comm.transport import Transport
 from distml.errors import PeerError, UserError
 from distml.runtime.checkpoint import Checkpoints
+from distml.runtime.elastic import BELOW_MIN_WORKERS, EXIT_KEY
 from distml.runtime.hang import HangCollector
 from distml.runtime.live import live_view, without_progress_bar
 from distml.runtime.worker import EXIT_USER, Rendezvous, WorkerJob, run_worker_process
 
 LOOPBACK = "127.0.0.1"
 _ERROR_KEY = "distml/error/{rank}"
-_EXIT_KEY = "distml/exit/{rank}"      # set by the launcher: how a rank ended (not a peer echo)
+_EXIT_KEY = EXIT_KEY      # set by the launcher: how a rank ended (not a peer echo)
 STOPPED_AFTER_PEER = "stopped by the launcher after a peer failed"
 # a worker that stopped because the user's script, re-imported by it, called distml.run again
 EXIT_MAIN_REIMPORTED = 3
@@ -213,11 +214,17 @@ def oversubscribed(config: dict[str, Any], world: int, say=None) -> dict[str, An
 def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
     """Run ``world`` workers on this host and wait for them.
 
+    With ``[faults] on_worker_loss = "continue"`` a worker that dies (anything but a
+    user error) does not stop the others: they regroup (runtime/elastic.py) and the run
+    succeeds if they finish; one line per lost worker says so.
+
     Raises:
         LaunchFailed: a worker failed; the others were given ``timeout_s`` to exit and
             then stopped.
     """
     job = replace(job, config=oversubscribed(job.config, world))
+    faults = job.config.get("faults") or {}
+    survivable = faults.get("on_worker_loss") == "continue"
     store, port = _host_store(timeout_s)
     view = live_view(job.config, job.out_dir, world)    # every rank's progress, from here
     if view is not None:
@@ -259,7 +266,7 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
                                   else f"failed: {line}")
                     except Exception:
                         pass
-                if code != 0 and deadline is None:
+                if code != 0 and deadline is None and not (survivable and _is_loss(exits[r])):
                     deadline = now + timeout_s + 5.0
             if deadline is not None and now > deadline:
                 _stop(procs)
@@ -277,8 +284,14 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
         if view is not None:
             view.close()
     failed = sorted((e for e in exits.values() if e.code != 0), key=lambda e: (e.at, e.code != EXIT_USER))
+    if survivable and failed and len(failed) < world and all(_is_loss(e) for e in failed):
+        for e in failed:        # the survivors finished without them
+            print(f"distml: worker lost: rank {e.rank}: {e.line}; the others continued",
+                  file=sys.stderr, flush=True)
+        return
     if failed:
-        raise LaunchFailed(_first_cause(failed), failed)
+        below = [e for e in failed if BELOW_MIN_WORKERS in e.line]
+        raise LaunchFailed(below[0] if below else _first_cause(failed), failed)
 
 
 def launch_local_restarting(job: WorkerJob, world: int, timeout_s: float, max_restarts: int,
@@ -329,6 +342,13 @@ def _is_peer_echo(line: str) -> bool:
     return any(s in line for s in ("a peer died or did not answer", "could not join",
                                    "a server died or did not answer", "a worker died or stalled",
                                    STOPPED_AFTER_PEER))
+
+
+def _is_loss(e: WorkerExit) -> bool:
+    """A worker that died on its own (killed, crashed), which survivors may outlive; not a
+    user error (which would fail everywhere) and not a survivor's own failure."""
+    return e.code not in (0, EXIT_USER) and not _is_peer_echo(e.line) \
+        and BELOW_MIN_WORKERS not in e.line
 
 
 def _first_cause(failed: list[WorkerExit]) -> WorkerExit:

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from distml.config import RunConfig
-from distml.errors import UserError
+from distml.errors import PeerError, UserError
 from distml.partition.steps import batches
-from distml.runtime.build import Parts
+from distml.runtime.build import Parts, shard_loader
 from distml.runtime.checkpoint import Checkpoints
 from distml.runtime.evaluate import evaluate
 from distml.runtime.faults import make_faults
@@ -81,6 +81,9 @@ class TrainLoop:
         # injected stragglers / delays (runtime/faults.py); None without a [faults] section
         self.faults = make_faults(config.faults, self.rank, config.seed, transport.stats)
         self.algorithm_metrics: dict[str, Any] = {}   # the last Algorithm.at_eval() figures
+        # [faults] on_worker_loss = "continue": regroups after a worker loss (runtime/elastic.py)
+        self.survivors = None
+        self._applied = False        # the step in flight applied its optimizer step
         # fp16 autocast: the loss is scaled so small gradients survive float16
         self.scaler = torch.amp.GradScaler(torch.device(device).type) \
             if config.train.precision == "fp16" else None
@@ -120,17 +123,46 @@ class TrainLoop:
                     f"parameter '{name}' is not finite after step {done - 1} on rank {self.rank}; "
                     "lower optim.lr (not saved: the last good checkpoint is kept)")
 
+    def transfer_state(self) -> dict[str, Any]:
+        """What a peer needs to take over this rank's training: model, optimizer, schedule
+        and algorithm state (not the rank's own RNG, clocks or counters)."""
+        p = self.parts
+        return {"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
+                "schedule": p.schedule.state_dict(), "algorithm": p.algorithm.state_dict()}
+
+    def load_transfer_state(self, state: dict[str, Any]) -> None:
+        """Load :meth:`transfer_state` (from a checkpoint or a peer)."""
+        p = self.parts
+        p.model.load_state_dict(state["model"])
+        p.optimizer.load_state_dict(state["optimizer"])
+        p.schedule.load_state_dict(state["schedule"])
+        p.algorithm.load_state_dict(state["algorithm"])
+
+    def regroup(self, transport) -> None:
+        """Continue as ``transport.rank`` of the survivors' new group (runtime/elastic.py):
+        this rank's shard of the data among them, the algorithm adapted, and rank 0's
+        duties (evaluation, the summary) wherever rank 0 now is."""
+        p = self.parts
+        self.transport, self.rank = transport, transport.rank
+        self.checkpoints = Checkpoints(self.out_dir / "checkpoints", transport.rank)
+        if self.rank == 0 and self.test_data is None:
+            self.test_data = p.source.test()
+        p.loader = shard_loader(self.config, p.source, transport.rank, transport.world_size)
+        p.algorithm.regroup(transport)
+
+    @property
+    def regrouped(self) -> bool:
+        """A worker was lost and the survivors went on: mid-run checkpoints stop (a resume
+        would restart the original number of workers from the smaller group's files)."""
+        return self.survivors is not None and bool(self.survivors.changes)
+
     def resume(self) -> list[float]:
         """Restore the latest committed checkpoint, if any; returns the loss window."""
         step = self.checkpoints.latest_step()
         if step is None:
             return []
         state = self.checkpoints.load(step)
-        p = self.parts
-        p.model.load_state_dict(state["model"])
-        p.optimizer.load_state_dict(state["optimizer"])
-        p.schedule.load_state_dict(state["schedule"])
-        p.algorithm.load_state_dict(state["algorithm"])
+        self.load_transfer_state(state)
         torch.set_rng_state(state["rng"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -210,6 +242,7 @@ class TrainLoop:
         else:
             opt.step()
         p.schedule.step()
+        self._applied = True         # a failure from here on leaves the local update made
         algo.after_step(step)
         return loss_sum / len(micro)
 
@@ -230,6 +263,7 @@ class TrainLoop:
 
         loss = opt.step(closure)
         p.schedule.step()
+        self._applied = True
         algo.after_step(step)
         return float(loss.detach())
 
@@ -300,54 +334,67 @@ class TrainLoop:
             eval_time = time.perf_counter() - t_start
 
         try:
-            for step, micro in self._steps():  # noqa: B007
-                self.clock.start()
-                if self.faults is not None:
-                    self.faults.begin(step)
-                loss = self._one_step(micro, step)
-                if self.faults is not None:
-                    self.faults.end(step)        # an injected slow step counts as compute
-                self.clock.stop()
-                if not math.isfinite(loss):
-                    raise DivergenceError(
-                        f"loss became {loss} at step {step} on rank {self.rank}; lower optim.lr "
-                        "(the last good checkpoint is kept)")
-                last_loss = loss
-                loss_window = (loss_window + [loss])[-cfg.log_every:]
-                done = step + 1
-                if done % cfg.log_every == 0 or done == p.total_steps:
-                    st = self.transport.stats
-                    sink.record("step", {"step": done, "epoch": done / p.steps_per_epoch,
-                                         "loss": sum(loss_window) / len(loss_window),
-                                         "wall_seconds": wall(), "compute_seconds": self.clock.compute,
-                                         "comm_seconds": self.clock.comm, "wait_seconds": self.clock.wait,
-                                         "bytes_sent": st.bytes_sent, "bytes_received": st.bytes_received,
-                                         "lr": p.optimizer.param_groups[0]["lr"]})
-                if bar is not None:
-                    bar.update(1)
-                    if done % cfg.log_every == 0:
-                        bar.set_postfix(loss=f"{loss:.4f}", acc=_fmt(self.last_eval.get("test_accuracy")))
-                if done % eval_every == 0 and done != p.total_steps:
+            while True:     # more than once only after a worker loss (runtime/elastic.py)
+                try:
+                    for step, micro in self._steps():  # noqa: B007
+                        self.clock.start()
+                        if self.faults is not None:
+                            self.faults.begin(step)
+                        loss = self._one_step(micro, step)
+                        self._applied = False    # the step is complete: nothing in flight
+                        if self.faults is not None:
+                            self.faults.end(step)        # an injected slow step counts as compute
+                        self.clock.stop()
+                        if not math.isfinite(loss):
+                            raise DivergenceError(
+                                f"loss became {loss} at step {step} on rank {self.rank}; lower optim.lr "
+                                "(the last good checkpoint is kept)")
+                        last_loss = loss
+                        loss_window = (loss_window + [loss])[-cfg.log_every:]
+                        done = step + 1
+                        if self.survivors is not None:
+                            self.survivors.step_completed()
+                        if done % cfg.log_every == 0 or done == p.total_steps:
+                            st = self.transport.stats
+                            sink.record("step", {"step": done, "epoch": done / p.steps_per_epoch,
+                                                 "loss": sum(loss_window) / len(loss_window),
+                                                 "wall_seconds": wall(), "compute_seconds": self.clock.compute,
+                                                 "comm_seconds": self.clock.comm, "wait_seconds": self.clock.wait,
+                                                 "bytes_sent": st.bytes_sent, "bytes_received": st.bytes_received,
+                                                 "lr": p.optimizer.param_groups[0]["lr"]})
+                        if bar is not None:
+                            bar.update(1)
+                            if done % cfg.log_every == 0:
+                                bar.set_postfix(loss=f"{loss:.4f}", acc=_fmt(self.last_eval.get("test_accuracy")))
+                        if done % eval_every == 0 and done != p.total_steps:
+                            t0 = time.perf_counter()
+                            self.evaluate(done, wall(), sink)
+                            eval_time += time.perf_counter() - t0
+                            if cfg.stop_at_target and self._agree_to_stop(self.time_to_target is not None):
+                                break
+                        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and \
+                                done != p.total_steps and not self.regrouped:
+                            self.save_checkpoint(done, wall(), loss_window)
+                        if stop_after is not None and done >= stop_after and done != p.total_steps:
+                            self.save_checkpoint(done, wall(), loss_window)
+                            return LoopResult(done, done - self.start_step, wall(), self.time_to_target,
+                                              {}, last_loss, self.clock, completed=False)
+                    p.algorithm.on_train_end(done)   # e.g. a parameter-server worker's last push and final pull
+                    self.check_finite_model(done)    # before model.pt and the summary are written
+                    total_wall = wall()
                     t0 = time.perf_counter()
-                    self.evaluate(done, wall(), sink)
+                    final = self.evaluate(done, total_wall, sink)
                     eval_time += time.perf_counter() - t0
-                    if cfg.stop_at_target and self._agree_to_stop(self.time_to_target is not None):
-                        break
-                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != p.total_steps:
-                    self.save_checkpoint(done, wall(), loss_window)
-                if stop_after is not None and done >= stop_after and done != p.total_steps:
-                    self.save_checkpoint(done, wall(), loss_window)
-                    return LoopResult(done, done - self.start_step, wall(), self.time_to_target,
-                                      {}, last_loss, self.clock, completed=False)
-            p.algorithm.on_train_end(done)   # e.g. a parameter-server worker's last push and final pull
-            self.check_finite_model(done)    # before model.pt and the summary are written
-            total_wall = wall()
-            t0 = time.perf_counter()
-            final = self.evaluate(done, total_wall, sink)
-            eval_time += time.perf_counter() - t0
-            train_loss = sum(loss_window) / len(loss_window) if loss_window else last_loss
-            return LoopResult(done, done - self.start_step, total_wall, self.time_to_target, final,
-                              train_loss, self.clock, completed=True)
+                    train_loss = sum(loss_window) / len(loss_window) if loss_window else last_loss
+                    return LoopResult(done, done - self.start_step, total_wall, self.time_to_target, final,
+                                      train_loss, self.clock, completed=True)
+                except PeerError as e:
+                    if self.survivors is None:
+                        raise
+                    done = self.survivors.recover(self, e, done, self._applied)
+                    self.start_step, self._applied = done, False
+                    if self.rank == 0:
+                        sink.lead(out)
         finally:
             if bar is not None:
                 bar.close()

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -99,6 +100,12 @@ class RunLog:
         if tensorboard if tensorboard is not None else tensorboard_installed():
             self._tb = _tensorboard_writer(out_dir / "tensorboard" / f"rank{rank}", resume_step)
         self._last_progress: float | None = None
+
+    def lead(self, out_dir: Path) -> None:
+        """This rank became rank 0 (its predecessor died, runtime/elastic.py): it writes
+        the evaluations from now on, after the ones already in ``eval.jsonl``."""
+        if self.evals is None:
+            self.evals = JsonlLog(Path(out_dir) / "eval.jsonl", resume_step=sys.maxsize)
 
     def record(self, kind: Literal["step", "eval"], fields: dict[str, Any]) -> None:
         fields = {k: clean_float(v) if isinstance(v, float) else v for k, v in fields.items()}

@@ -24,6 +24,7 @@ from distml.errors import CheckpointError, PeerError, UserError
 from distml.runtime.build import UserParts, build_parts, restore_registrations
 from distml.runtime.checkpoint import Checkpoints, agree_on_resume, save_torch_atomic
 from distml.runtime.devices import resolve_device
+from distml.runtime.elastic import Survivors
 from distml.runtime.faults import arm_crash
 from distml.runtime.hang import HangWatch
 from distml.runtime.loop import TrainLoop
@@ -156,10 +157,15 @@ def train_joined(rank: int, config: RunConfig, parts, transport: Transport, job:
         log.info("resuming from rank 0's checkpoint at step %d (restarts so far: %d)",
                  resume_step, restarts)
     loop.resume_requested, loop.stop_after = resume, job.stop_after
+    if config.faults.on_worker_loss == "continue":
+        loop.survivors = Survivors(transport.store, rank, transport.world_size,
+                                   config.faults.min_workers)
     if parts.algorithm.owns_loop:
         result = parts.algorithm.run(loop)
     else:
         result = loop.run(resume=resume, stop_after=job.stop_after)
+    # after a worker loss the survivors train in a new group, with new ranks
+    transport, rank = loop.transport, loop.rank
     totals = {"rank": rank, "steps": result.steps, "steps_this_run": result.steps_this_run,
               "wall_seconds_this_run": result.wall_seconds - loop.wall_before,   # after --resume
               "train_loss": result.train_loss,
@@ -184,6 +190,9 @@ def train_joined(rank: int, config: RunConfig, parts, transport: Transport, job:
                                    config.train.target_accuracy, "completed": True,
                                    "restarts": restarts, "restart_log": job.restart_log,
                                    "algorithm_metrics": loop.algorithm_metrics,
+                                   "workers_at_start": config.workers,
+                                   "membership": loop.survivors.summary()
+                                   if loop.survivors is not None else [],
                                    **parts.algorithm.summary_extra(all_ranks)})
         save_torch_atomic(out_dir / "model.pt", parts.algorithm.eval_model().state_dict())
         write_json_atomic(out_dir / "summary.json", summary)
@@ -241,6 +250,11 @@ def torchrun_main(job: WorkerJob) -> int:
     # torchrun --max-restarts N restarts every worker with the same arguments: continue
     # from rank 0's committed checkpoint (train.checkpoint_every) instead of from scratch
     job = replace(job, restarts=restarts, elastic=True)
+    if parse_config(job.config).faults.on_worker_loss == "continue":
+        print("distml: error: faults.on_worker_loss = 'continue' needs the local launcher "
+              "(`distml run` without torchrun): torchrun's agent stops every worker of the "
+              "group when one fails; use 'stop' or 'restart' under torchrun", file=sys.stderr)
+        return EXIT_USER
     if restarts and local_rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         # restarted workers then find the previous attempt's keys in the agent's store and
         # may fail to join (pytorch issue #135712)

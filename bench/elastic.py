@@ -1,0 +1,269 @@
+"""A worker killed mid-run, the survivors going on in place (issue 18, runtime/elastic.py).
+
+For each algorithm that continues after a worker loss (``[faults] on_worker_loss =
+"continue"``) and each seed: one run of 4 workers on 127.0.0.1 in which one worker
+(drawn from the seed) is SIGKILLed from outside once it has logged a step drawn from the
+seed, and the same run uninterrupted. Measured: the time from the kill to the next step
+the survivors complete (the new rank 0's stamp), completed steps lost (a step logged
+twice by a survivor), and the final test accuracy against the uninterrupted run's.
+Replacements that join a running group are not implemented: ``join_seconds`` is null.
+
+    python bench/elastic.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import finish, interval, paired_ci, table  # noqa: E402
+
+PROTOCOL = {
+    "workers": 4,
+    "algorithms": {"sync_sgd": 'name = "sync_sgd"', "local_sgd": 'name = "local_sgd"\nperiod = 4',
+                   "gossip": 'name = "gossip"\ngraph = "ring"'},
+    "seeds": [0, 1, 2, 3, 4],
+    "quick_seeds": [0],
+    "data": {"name": "synthetic", "kind": "gaussian_mixture", "n_train": 8000, "n_test": 2000,
+             "dim": 32, "num_classes": 4, "noise": 3.0},
+    "model": {"name": "mlp", "hidden": [64]},
+    "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    "batch_size": 32,
+    "steps": 120, "quick_steps": 60,
+    "compute_s": 0.03,           # every step padded to 30 ms: the kill lands mid-training
+    "kill_step": "uniform in [steps/5, 3·steps/4] from random.Random(seed)",
+    "victim": "uniform in 0..3 from the same generator (rank 0, the lead, included)",
+    "timeout_s": 20,
+    "concurrent_runs": 2,        # runs side by side; interrupted and uninterrupted interleaved
+    "tuning": "none: every run of a seed has the same config; only the kill differs",
+    "goals": {"recovery_seconds": "<= 2", "steps_lost": 0,
+              "accuracy": "paired difference's 95% interval within ± the uninterrupted "
+                          "runs' seed-to-seed spread (max − min)",
+              "join_seconds": "<= 10 (not measured: replacements are not implemented)"},
+}
+
+CONFIG = """
+name = "elastic"
+seed = {seed}
+workers = {workers}
+[data]
+source = {source}
+partition = {{ name = "shuffle_split", reshuffle = "global" }}
+batch_size = {batch}
+[model]
+name = "mlp"
+hidden = {hidden}
+[optim]
+name = "sgd"
+lr = {lr}
+momentum = {momentum}
+[algorithm]
+{algorithm}
+[comm]
+timeout_s = {timeout}
+[train]
+max_steps = {steps}
+epochs = 1000
+eval_every = 100000
+log_every = 1
+progress = false
+[faults]
+compute_s = {compute}
+on_worker_loss = "continue"
+"""
+
+
+def toml_inline(d: dict) -> str:
+    return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + " }"
+
+
+def write_config(folder: Path, algo: str, seed: int, steps: int) -> Path:
+    p = PROTOCOL
+    path = folder / f"{algo}-{seed}.toml"
+    path.write_text(CONFIG.format(seed=seed, workers=p["workers"], source=toml_inline(p["data"]),
+                                  batch=p["batch_size"], hidden=p["model"]["hidden"],
+                                  lr=p["optim"]["lr"], momentum=p["optim"]["momentum"],
+                                  algorithm=p["algorithms"][algo], timeout=p["timeout_s"],
+                                  steps=steps, compute=p["compute_s"]))
+    return path
+
+
+def plan_kill(seed: int, steps: int) -> tuple[int, int]:
+    rng = random.Random(seed)
+    return rng.randrange(PROTOCOL["workers"]), rng.randint(steps // 5, 3 * steps // 4)
+
+
+def logged_steps(out: Path, rank: int) -> list[int]:
+    path = out / f"events-rank{rank}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x)["step"] for x in path.read_text().splitlines() if x.strip()]
+
+
+def rank_pid(out: Path, rank: int, launcher_pid: int) -> int | None:
+    """The pid rank ``rank`` logged, if it is a child of the launcher we started."""
+    log = out / "logs" / f"rank{rank}.log"
+    if not log.exists():
+        return None
+    pids = [int(x.split("starting: pid ")[1].split(",")[0])
+            for x in log.read_text().splitlines() if "starting: pid" in x]
+    if not pids:
+        return None
+    try:
+        ppid = int(Path(f"/proc/{pids[-1]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pids[-1] if ppid == launcher_pid else None
+
+
+def one_run(folder: Path, algo: str, seed: int, steps: int, kill: bool) -> dict:
+    """One ``distml run`` in its own session; with ``kill``, SIGKILL the drawn worker once it
+    logged the drawn step. Its process group is always killed at the end."""
+    cfg = write_config(folder, algo, seed, steps)
+    out = folder / f"{algo}-{seed}-{'kill' if kill else 'full'}"
+    victim, at = plan_kill(seed, steps)
+    cmd = [sys.executable, "-m", "distml", "run", str(cfg), "--out", str(out), "--json"]
+    p = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    killed_at = None
+    try:
+        if kill:
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline and p.poll() is None:
+                steps_seen = logged_steps(out, victim)
+                if steps_seen and steps_seen[-1] >= at:
+                    pid = rank_pid(out, victim, p.pid)
+                    if pid is not None:
+                        os.kill(pid, signal.SIGKILL)
+                        killed_at = time.time()
+                        break
+                time.sleep(0.01)
+        _, err = p.communicate(timeout=900)
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+    summary_path = out / "summary.json"
+    s = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    result = {"algorithm": algo, "seed": seed, "kill": kill, "code": p.returncode,
+              "accuracy": s["test_accuracy"] if s else None, "steps": s["steps"] if s else None,
+              "error": err.strip().splitlines()[-1] if p.returncode and err.strip() else None}
+    if kill:
+        change = (s or {}).get("membership") or [None]
+        change = change[0]
+        survivors = [r for r in range(PROTOCOL["workers"]) if r != victim]
+        lost = max((sum(c - 1 for c in Counter(logged_steps(out, r)).values()) for r in survivors),
+                   default=0)
+        result.update(victim=victim, kill_step=at, killed=killed_at is not None, steps_lost=lost,
+                      recovery_seconds=(change["next_step_at"] - killed_at
+                                        if change and killed_at and change.get("next_step_at") else None),
+                      detect_seconds=(change["failed_at"] - killed_at if change and killed_at else None),
+                      regroup_seconds=change["recovery_seconds"] if change else None,
+                      phases=change.get("phases") if change else None,
+                      resumed_step=change["step"] if change else None)
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one seed, fewer steps (smoke check)")
+    ap.add_argument("--runs", default=None, help="also append every run's record to this "
+                    "JSON-lines file as it ends")
+    ap.add_argument("--from-runs", default=None, help="summarize the records of an earlier "
+                    "--runs file instead of running")
+    args = ap.parse_args()
+    seeds = PROTOCOL["quick_seeds"] if args.quick else PROTOCOL["seeds"]
+    steps = PROTOCOL["quick_steps"] if args.quick else PROTOCOL["steps"]
+    algos = list(PROTOCOL["algorithms"])
+    loads = [os.getloadavg()]
+    if args.from_runs:
+        records = [json.loads(x) for x in Path(args.from_runs).read_text().splitlines() if x.strip()]
+        results, loads = [r for r in records if "algorithm" in r], \
+            [r["loadavg"] for r in records if "loadavg" in r]
+    else:
+        # interleaved: each seed's interrupted and uninterrupted runs of every algorithm together
+        jobs = [(a, s, k) for s in seeds for a in algos for k in (True, False)]
+
+        def job(j):
+            r = one_run(Path(tmp), j[0], j[1], steps, j[2])
+            if args.runs:
+                with open(args.runs, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+            return r
+
+        if args.runs:
+            with open(args.runs, "a") as f:
+                f.write(json.dumps({"loadavg": loads[0]}) + "\n")
+        with tempfile.TemporaryDirectory(prefix="distml-elastic-") as tmp:
+            with ThreadPoolExecutor(PROTOCOL["concurrent_runs"]) as pool:
+                results = list(pool.map(job, jobs))
+        loads.append(os.getloadavg())
+    algos = [a for a in algos if any(r["algorithm"] == a for r in results)]
+
+    rows, recovery, lost_all, deltas, spreads, met = [], {}, [], {}, {}, {}
+    for a in algos:
+        killed = [r for r in results if r["algorithm"] == a and r["kill"]]
+        full = {r["seed"]: r for r in results if r["algorithm"] == a and not r["kill"]}
+        rec = [r["recovery_seconds"] for r in killed if r["recovery_seconds"] is not None]
+        recovery[a] = round(statistics.median(rec), 3) if rec else None
+        lost_all += [r["steps_lost"] for r in killed]
+        pairs = [(r["accuracy"], full[r["seed"]]["accuracy"]) for r in killed
+                 if r["accuracy"] is not None and full[r["seed"]]["accuracy"] is not None]
+        accs = [full[s]["accuracy"] for s in full if full[s]["accuracy"] is not None]
+        spreads[a] = round(max(accs) - min(accs), 4) if len(accs) > 1 else None
+        if pairs:
+            m, lo, hi = paired_ci([x for x, _ in pairs], [y for _, y in pairs])
+            deltas[a] = {"mean": round(m, 4), "ci95": [round(lo, 4), round(hi, 4)], "n": len(pairs)}
+        ok_acc = (a in deltas and spreads[a] is not None
+                  and -spreads[a] <= deltas[a]["ci95"][0] and deltas[a]["ci95"][1] <= spreads[a])
+        met[a] = {"recovery": bool(rec) and len(rec) == len(killed) and max(rec) <= 2.0,
+                  "steps_lost": all(r["steps_lost"] == 0 for r in killed)
+                  and all(r["code"] == 0 for r in killed),
+                  "accuracy": ok_acc}
+        for r in killed:
+            rows.append([a, r["seed"], r["victim"], r["kill_step"], r["resumed_step"], r["code"],
+                         _fmt(r["detect_seconds"]), _fmt(r["regroup_seconds"]),
+                         _fmt(r["recovery_seconds"]), r["steps_lost"], r["accuracy"],
+                         full[r["seed"]]["accuracy"]])
+    worst = max(lost_all) if lost_all else None
+    headline = "; ".join(f"{a} recovery {recovery[a]} s (median)" for a in algos) + \
+        f"; steps lost {worst}; goals met: " + \
+        ", ".join(f"{a} {'/'.join(k for k, v in met[a].items() if v) or 'none'}" for a in algos)
+    line = {"bench": "elastic", "recovery_seconds": recovery, "steps_lost": worst,
+            "accuracy_delta": deltas, "join_seconds": None,
+            "repeats": len({r["seed"] for r in results}),
+            "headline": headline}
+    details = {"runs": results, "goals_met": met, "uninterrupted_spread": spreads,
+               "rec_interval": {a: interval([r["recovery_seconds"] for r in results
+                                             if r["algorithm"] == a and r["kill"]
+                                             and r["recovery_seconds"] is not None] or [0.0])
+                                for a in algos},
+               "loadavg_before_after": loads,
+               "tables": [table("Kill to the next completed step (4 workers, one SIGKILLed)",
+                                ["algorithm", "seed", "victim", "killed after step",
+                                 "resumed at step", "exit", "kill → detected s",
+                                 "detected → regrouped s", "kill → next step s", "steps lost",
+                                 "accuracy", "uninterrupted accuracy"], rows)]}
+    return finish(line, PROTOCOL, quick=args.quick, details=details)
+
+
+def _fmt(x):
+    return None if x is None else round(x, 3)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
