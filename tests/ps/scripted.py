@@ -53,6 +53,12 @@ class ScriptedTransport:
                 return s
         raise Exhausted
 
+    def irecv(self, t: torch.Tensor, src=None, tag: int = 0) -> "_Posted":
+        return _Posted(self, t, src, tag)
+
+    def _has(self, src, tag: int) -> bool:
+        return any(tg == tag and (src is None or s == src) for s, tg, _ in self.inbox)
+
     def send(self, t: torch.Tensor, dst: int, tag: int = 0):
         self.sent.append((dst, tag, t.clone()))
 
@@ -61,6 +67,23 @@ class ScriptedTransport:
         """``(worker, header)`` of every pull reply sent so far, in order."""
         return [(d, Header.decode(t)) for d, tag, t in self.sent
                 if tag == TAG_REPLY and Header.decode(t).op == REPLY]
+
+
+class _Posted:
+    """A posted receive: it takes its message when waited on (in script order), and is
+    complete once the script holds a message it matches."""
+
+    def __init__(self, transport: ScriptedTransport, out: torch.Tensor, src, tag: int):
+        self.t, self.out, self.src, self.tag = transport, out, src, tag
+        self.sender = None
+
+    def is_completed(self) -> bool:
+        return self.sender is not None or self.t._has(self.src, self.tag)
+
+    def wait(self, timeout_s=None) -> int:
+        if self.sender is None:
+            self.sender = self.t.recv(self.out, self.src, self.tag)
+        return self.sender
 
 
 def serve_until_idle(server) -> None:

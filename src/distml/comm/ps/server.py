@@ -4,7 +4,8 @@ Reference: Li et al., "Scaling Distributed Machine Learning with the Parameter S
 OSDI 2014 (ps-lite): the update rule is a handler the algorithm injects
 (``set_request_handle``), so ``comm/`` never imports ``optim/`` or ``aggregate/``.
 
-The loop is single-threaded: it blocks in an any-source receive (no spinning) and
+The loop is single-threaded: it blocks in an any-source receive (no spinning), with
+the next request's receives already posted while it applies one (:mod:`.inbox`), and
 keeps pulls that the pace does not allow yet in a list, answering them when a push or
 a finishing worker moves the progress. Synchronous paces apply one round (all pushes of
 a clock, summed in rank order, so the result does not depend on arrival order) through
@@ -26,9 +27,9 @@ from typing import Any, Protocol
 import torch
 
 from distml.comm.pace import BoundedDelay, Pace, Quorum
+from distml.comm.ps.inbox import Inbox, Message
 from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, EVAL, FLAG_COMPRESSED, FLAG_STOP, PULL, PUSH,
-                                 REPLY, STOP, TAG_HEADER, TAG_PAYLOAD, TAG_REPLY,
-                                 TAG_REPLY_PAYLOAD, Header, empty_header)
+                                 REPLY, STOP, TAG_REPLY, TAG_REPLY_PAYLOAD, Header)
 from distml.errors import PeerError
 
 _NEVER = 1 << 62
@@ -98,9 +99,8 @@ class ServerLoop:
         self.stop = False                              # rank 0 asked everyone to stop (target met)
         self.evaluating: set[int] = set()              # workers evaluating until their next message
         self.busy_seconds = 0.0
-        self.bytes_in = 0
         self._last_heard = {w: time.monotonic() for w in self.workers}
-        self._buf = torch.empty_like(params)
+        self.inbox = Inbox(transport, self.workers, params, shard)
 
     # ---- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -130,24 +130,23 @@ class ServerLoop:
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Serve until every worker is done; returns the shard's counters."""
-        hdr = empty_header()
         while self.active or self.held or self.final:
-            sender = self._recv_header(hdr)
+            message = self._next_message()
             t0 = time.perf_counter()
-            self._last_heard[sender] = time.monotonic()
-            self.evaluating.discard(sender)
-            self._handle(sender, Header.decode(hdr))
+            self._last_heard[message.sender] = time.monotonic()
+            self.evaluating.discard(message.sender)
+            self._handle(message)
             self.busy_seconds += time.perf_counter() - t0
             if not self.active:
                 self._finish()
         return self.report()
 
-    def _recv_header(self, hdr: torch.Tensor) -> int:
+    def _next_message(self) -> Message:
         """The next request; while a worker evaluates the wait is the evaluation's limit
         (the collective algorithms' rule), else the transport's timeout."""
         limit = self.t.eval_wait_s if self.evaluating & self.active else None
         try:
-            return self.t.recv(hdr, src=None, tag=TAG_HEADER, timeout_s=limit)
+            return self.inbox.next(limit)
         except PeerError:
             now = time.monotonic()
             silent = sorted(self.active, key=lambda w: self._last_heard[w])
@@ -156,9 +155,10 @@ class ServerLoop:
                             f"message within {limit or self.t.timeout.total_seconds():g} s; silent workers: "
                             f"{names or 'none'} — a worker died or stalled") from None
 
-    def _handle(self, w: int, h: Header) -> None:
+    def _handle(self, message: Message) -> None:
+        w, h = message.sender, message.header
         if h.op == PUSH:
-            self._push(w, h)
+            self._push(w, h, message.payload)
         elif h.op == PULL:
             self.held.append((w, h.clock, time.perf_counter()))
         elif h.op == CHECKPOINT:
@@ -177,25 +177,17 @@ class ServerLoop:
         self._answer_pulls()
         self._maybe_checkpoint()
 
-    def _receive_push(self, w: int, h: Header) -> torch.Tensor:
-        """The push's values: received as they are, or a codec's message decoded."""
-        if h.length != self.params.numel():
-            raise PeerError(f"parameter server shard {self.shard}: push of {h.length} values from "
-                            f"rank {w}, expected {self.params.numel()}")
+    def _push_values(self, w: int, h: Header, payload: torch.Tensor) -> torch.Tensor:
+        """The push's values: as received, or a codec's message decoded."""
         if not h.flags & FLAG_COMPRESSED:
-            self.t.recv(self._buf, src=w, tag=TAG_PAYLOAD)
-            self.bytes_in += self._buf.numel() * self._buf.element_size()
-            return self._buf
+            return payload
         if self.decoder is None:
             raise PeerError(f"parameter server shard {self.shard}: a compressed push from rank {w}, "
                             "but this server has no codec")
-        message = torch.empty(h.arg0, dtype=torch.uint8)
-        self.t.recv(message, src=w, tag=TAG_PAYLOAD)
-        self.bytes_in += h.arg0
-        return self.decoder.decode(w, message)
+        return self.decoder.decode(w, payload)
 
-    def _push(self, w: int, h: Header) -> None:
-        value = self._receive_push(w, h)
+    def _push(self, w: int, h: Header, payload: torch.Tensor) -> None:
+        value = self._push_values(w, h, payload)
         self.clocks[w] = max(self.clocks[w], h.clock + 1)
         if not self.pace.synchronous:
             self.rule(self.params, value, 1, h.aux)
@@ -293,4 +285,4 @@ class ServerLoop:
                 "pulls": self.pulls, "rounds": self.round, "max_staleness": self.max_staleness,
                 "delay_max": self.delay_max if self.pace.synchronous else None,
                 "late_pushes": self.late,
-                "busy_seconds": self.busy_seconds, "bytes_pushed": self.bytes_in}
+                "busy_seconds": self.busy_seconds, "bytes_pushed": self.inbox.bytes_in}
