@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import torch
 
-from distml.comm.ps.wire import (DONE, FLAG_COMPRESSED, PULL, PUSH, REPLY, TAG_HEADER,
+from distml.comm.ps.wire import (DONE, EVAL, FLAG_COMPRESSED, PULL, PUSH, REPLY, TAG_HEADER,
                                  TAG_PAYLOAD, TAG_REPLY, Header)
 
 
@@ -21,6 +21,7 @@ class Exhausted(Exception):
 class ScriptedTransport:
     global_rank = 99
     timeout = timedelta(seconds=1)
+    eval_wait_s = 1.0
 
     def __init__(self):
         self.inbox: list[tuple[int, int, torch.Tensor]] = []
@@ -40,6 +41,9 @@ class ScriptedTransport:
 
     def pull(self, w: int, clock: int):
         self.inbox.append((w, TAG_HEADER, Header(PULL, 0, clock).encode()))
+
+    def evaluating(self, w: int):
+        self.inbox.append((w, TAG_HEADER, Header(EVAL, 0).encode()))
 
     def done(self, w: int, final: bool = False):
         self.inbox.append((w, TAG_HEADER, Header(DONE, 0, 0, 0, int(final)).encode()))

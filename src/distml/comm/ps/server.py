@@ -16,6 +16,11 @@ round instead, and a round waits for every worker whose newest push would otherw
 more than ``max_delay`` rounds old. Under a synchronous pace a pull is never answered
 while the requester's own push still waits in an open round (it reads its writes).
 A compressed push (``FLAG_COMPRESSED``) is decoded by the injected decoder first.
+
+One clock for every pace: while rank 0 evaluates (its ``EVAL`` until its next message)
+every pull is held, so no worker runs ahead during time that rank 0's wall clock
+excludes (each finishes at most the step it is in, up to its next pull); the time a pull
+is held for that pause is not reported as held (pace) time.
 """
 
 from __future__ import annotations
@@ -93,11 +98,13 @@ class ServerLoop:
         self.dropped = {w: 0 for w in self.workers}
         self.pulls = 0
         self.max_staleness = 0
-        self.held: list[tuple[int, int, float]] = []   # (worker, clock, since)
+        self.held: list[tuple[int, int, float, float]] = []   # (worker, clock, since, paused by then)
         self.final: list[int] = []                     # workers waiting for the last model
         self.ckpt: dict[int, int] = {}                 # worker -> step it asked to checkpoint
         self.stop = False                              # rank 0 asked everyone to stop (target met)
         self.evaluating: set[int] = set()              # workers evaluating until their next message
+        self.paused_seconds = 0.0                      # closed evaluation pauses, in total
+        self._pause_start: float | None = None
         self.busy_seconds = 0.0
         self._last_heard = {w: time.monotonic() for w in self.workers}
         self.inbox = Inbox(transport, self.workers, params, shard)
@@ -134,7 +141,7 @@ class ServerLoop:
             message = self._next_message()
             t0 = time.perf_counter()
             self._last_heard[message.sender] = time.monotonic()
-            self.evaluating.discard(message.sender)
+            self._end_pause(message.sender)
             self._handle(message)
             self.busy_seconds += time.perf_counter() - t0
             if not self.active:
@@ -160,13 +167,15 @@ class ServerLoop:
         if h.op == PUSH:
             self._push(w, h, message.payload)
         elif h.op == PULL:
-            self.held.append((w, h.clock, time.perf_counter()))
+            self.held.append((w, h.clock, time.perf_counter(), self._paused_so_far()))
         elif h.op == CHECKPOINT:
             self.ckpt[w] = h.clock
         elif h.op == STOP:
             self.stop = True
         elif h.op == EVAL:
             self.evaluating.add(w)
+            if self._pause_start is None:
+                self._pause_start = time.perf_counter()
         elif h.op == DONE:
             self.active.discard(w)
             if h.arg0:
@@ -234,16 +243,31 @@ class ServerLoop:
             return self.round if self.active else _NEVER
         return min((self.clocks[w] for w in self.active), default=_NEVER)
 
+    def _end_pause(self, w: int) -> None:
+        """A message from an evaluating worker: its evaluation is over."""
+        if w in self.evaluating:
+            self.evaluating.discard(w)
+            if not self.evaluating and self._pause_start is not None:
+                self.paused_seconds += time.perf_counter() - self._pause_start
+                self._pause_start = None
+
+    def _paused_so_far(self) -> float:
+        now = time.perf_counter()
+        return self.paused_seconds + (now - self._pause_start if self._pause_start is not None else 0.0)
+
     def _answer_pulls(self) -> None:
+        if self.evaluating & self.active:      # one clock: nobody runs ahead while rank 0 evaluates
+            return
         progress = self.progress()
         pending = {w for got in self.rounds.values() for w in got}
         keep = []
-        for w, clock, since in self.held:
+        for w, clock, since, paused in self.held:
             if w not in pending and self.pace.ready(clock, progress):
                 lag = self.pace.lag(clock, progress) if progress != _NEVER else 0
-                self._reply(w, clock, lag, time.perf_counter() - since)
+                held = time.perf_counter() - since - (self._paused_so_far() - paused)
+                self._reply(w, clock, lag, max(0.0, held))
             else:
-                keep.append((w, clock, since))
+                keep.append((w, clock, since, paused))
         self.held = keep
 
     def _reply(self, w: int, clock: int, lag: int, held_s: float) -> None:
@@ -284,5 +308,5 @@ class ServerLoop:
                 "dropped_by_worker": {str(w): n for w, n in self.dropped.items()},
                 "pulls": self.pulls, "rounds": self.round, "max_staleness": self.max_staleness,
                 "delay_max": self.delay_max if self.pace.synchronous else None,
-                "late_pushes": self.late,
+                "late_pushes": self.late, "eval_paused_seconds": self.paused_seconds,
                 "busy_seconds": self.busy_seconds, "bytes_pushed": self.inbox.bytes_in}
