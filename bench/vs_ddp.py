@@ -7,10 +7,12 @@ optimizer and the same number of steps, in 2 worker processes with 1 thread each
 gloo on 127.0.0.1. DDP runs in four configurations — its defaults, tuned
 (``bucket_cap_mb=25, gradient_as_bucket_view=True, static_graph=True``), and each of the
 two with the gloo thread placement distml can apply (``distml.comm.placement``); distml
-runs with its defaults (``[comm] place_threads = "auto"``). Runs are interleaved in one
-invocation (per repeat and model: every configuration once, in fresh processes), so
-drift of the shared machine hits them alike, and each run's peak resident memory
-(``ru_maxrss``) is its own.
+runs with its defaults (``[comm] place_threads = "auto"``). One pair of worker processes
+runs every segment (a process start costs minutes on a loaded 2-core host): per repeat
+and model, every configuration once, in an order rotated by the repeat, so drift of the
+shared machine hits them alike. DDP and distml share the one gloo process group (and so
+gloo's threads); placement is applied or undone before each segment. Memory is not
+compared here (one process runs every configuration).
 
     python bench/vs_ddp.py                      # the documented run (bench/results/vs_ddp.json)
     python bench/vs_ddp.py --quick              # smoke check: same code path, fewer steps
@@ -24,7 +26,6 @@ Ends by printing one JSON line (docs/design.md §5)::
 one with the highest mean steps/s over the repeats of this invocation; per-worker
 steps/s, mean of the two workers), with a 95% interval of the paired per-repeat ratios
 (``ratio_ci``). Picking DDP's best after the runs favours DDP, never distml.
-``<model>_mem_ratio`` = mean distml peak RSS ÷ mean peak RSS of that DDP configuration;
 ``<model>_param_diff`` = the largest relative difference between any configuration's
 final weights and DDP's (the same arithmetic up to float rounding, so it must be tiny).
 """
@@ -119,43 +120,39 @@ def _build(model_name: str):
     return source, batch, model, loss_fn, opt
 
 
-def worker(args) -> None:
-    """One worker of one run; prints one JSON line with its measurements."""
+def _order(modes: list[str], repeat: int) -> list[str]:
+    """The modes of one repeat, rotated by the repeat: each one runs first once in a while."""
+    k = repeat % len(modes)
+    return modes[k:] + modes[:k]
+
+
+def _one(mode: str, model_name: str, transport, rank: int, warmup: int, steps: int):
+    """Train one (mode, model) segment; its steps/s, whether gloo's threads were placed,
+    and the final flat parameters."""
     import gc
-    import resource
 
     import torch
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    rank = args.rank
-    source, batch, model, loss_fn, opt = _build(args.model)
-    n_total = args.warmup + args.steps
-    data = _batches(source, batch, rank, n_total)
-
-    timeout_s = 120.0
-    ddp_kwargs, placement = MODES[args.mode]
+    from distml.comm.placement import place_gloo_threads, unplace_gloo_threads
+    source, batch, model, loss_fn, opt = _build(model_name)
+    data = iter(_batches(source, batch, rank, warmup + steps))
+    ddp_kwargs, placement = MODES[mode]
+    transport.barrier()
+    if placement == "off":
+        unplace_gloo_threads()
+        placed = None
+    elif ddp_kwargs is not None:        # DDP with distml's gloo thread placement
+        placed = place_gloo_threads(rank)
+    else:                               # "auto" decides as the worker does; "on" forces it
+        unplace_gloo_threads()
+        placed = transport.place_threads(rank, WORLD, force=placement == "on")
+    algo = None
     if ddp_kwargs is not None:
-        import datetime
         from torch.nn.parallel import DistributedDataParallel as DDP
-        store = dist.TCPStore("127.0.0.1", args.port, is_master=False,
-                              timeout=datetime.timedelta(seconds=timeout_s))
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD,
-                                timeout=datetime.timedelta(seconds=timeout_s))
         net = DDP(model, **ddp_kwargs)
-        algo = transport = placed = None
-        if placement == "on":           # DDP with distml's gloo thread placement
-            from distml.comm.placement import place_gloo_threads
-            dist.barrier()
-            placed = place_gloo_threads(rank)
     else:
         from distml.algorithms.sync_sgd import SyncSGD
-        from distml.comm.transport import Transport
-        store = Transport.store_client("127.0.0.1", args.port, timeout_s)
-        transport = Transport.connect(store, rank, WORLD, backend="gloo", timeout_s=timeout_s)
-        placed = None
-        if placement != "off":          # "auto" decides as the worker does; "on" forces it
-            placed = transport.place_threads(rank, WORLD, force=placement == "on")
         algo = SyncSGD()              # default settings
         algo.setup(model, opt, transport)
         net = model
@@ -170,55 +167,66 @@ def worker(args) -> None:
         if algo is not None:
             algo.after_step(i)
 
-    it = iter(data)
-    for i in range(args.warmup):
-        x, y = next(it)
-        step(i, x, y)
+    for i in range(warmup):
+        step(i, *next(data))
     dist.barrier()
     t0 = time.perf_counter()
-    for i in range(args.warmup, n_total):
-        x, y = next(it)
-        step(i, x, y)
+    for i in range(warmup, warmup + steps):
+        step(i, *next(data))
     seconds = time.perf_counter() - t0
-
     with torch.no_grad():
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    result = {"rank": rank, "mode": args.mode, "model": args.model, "steps": args.steps,
-              "seconds": seconds, "steps_per_s": args.steps / seconds,
-              "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-              "placed": placed is not None}
-    if rank == 0:
-        Path(args.params_out).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(flat, args.params_out)
-
-    # teardown in the order that is clean on gloo (docs/design.md §6)
     if algo is not None:
         algo.close()
     del net, model, opt, algo
     gc.collect()
-    if transport is not None:
-        transport.close()
-    else:
-        dist.barrier()
-        dist.destroy_process_group()
-    print("RESULT " + json.dumps(result), flush=True)
+    return steps / seconds, placed is not None, flat
+
+
+def worker(args) -> None:
+    """One of the two worker processes: every (repeat, model, mode) segment, interleaved.
+
+    One pair of processes runs them all (a process start costs minutes on a loaded
+    2-core host); DDP and distml share the one gloo process group, so they use the same
+    gloo threads, and placement is applied or undone before every segment.
+    """
+    import torch
+
+    from distml.comm.transport import Transport
+    torch.set_num_threads(PROTOCOL["threads_per_worker"])
+    rank, timeout_s = args.rank, 300.0
+    store = Transport.store_client("127.0.0.1", args.port, timeout_s)
+    transport = Transport.connect(store, rank, WORLD, backend="gloo", timeout_s=timeout_s)
+    plan = json.loads(args.plan)
+    for r in range(plan["repeats"]):
+        for model in plan["models"]:
+            finals = {}
+            for mode in _order(plan["modes"], r):
+                sps, placed, flat = _one(mode, model, transport, rank, plan["warmup"][model],
+                                         plan["steps"][model])
+                finals[mode] = flat
+                print("RESULT " + json.dumps({"repeat": r, "model": model, "mode": mode, "rank": rank,
+                                              "steps_per_s": sps, "placed": placed}), flush=True)
+            ref = finals[next(m for m in plan["modes"] if m in DDP_MODES)]
+            diff = max(((ref - f).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+                       for f in finals.values())
+            print("RESULT " + json.dumps({"repeat": r, "model": model, "rank": rank,
+                                          "param_diff": diff}), flush=True)
+    transport.close()
 
 
 # ---------------------------------------------------------------------------------------
 # driver side
 # ---------------------------------------------------------------------------------------
 class Run:
-    """Two worker processes of one (mode, model) run, around a store on 127.0.0.1.
+    """The two worker processes of the whole invocation, around a store on 127.0.0.1.
 
     Workers get their own sessions, so only the driver sees Ctrl-C; leaving the ``with``
     block (normally, on an error or on Ctrl-C) kills whatever is still running.
     """
 
-    def __init__(self, mode: str, model: str, warmup: int, steps: int, params_out: str,
-                 logdir: str, timeout_s: float):
-        self.mode, self.model = mode, model
-        self.warmup, self.steps, self.params_out = warmup, steps, params_out
-        self.logdir, self.timeout_s = logdir, timeout_s
+    def __init__(self, plan: dict, logdir: str, timeout_s: float):
+        self.plan, self.logdir, self.timeout_s = plan, logdir, timeout_s
         self.procs: list[subprocess.Popen] = []
         self.logs: list[tuple[str, str]] = []
         self.store = None
@@ -229,17 +237,15 @@ class Run:
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)
         port = sock.getsockname()[1]
-        self.store = Transport.host_store(sock, timeout_s=120.0)
+        self.store = Transport.host_store(sock, timeout_s=300.0)
         sock.detach()                 # the store owns the listening fd now
         env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
                    MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         for rank in range(WORLD):
             cmd = [sys.executable, os.path.abspath(__file__), "--_worker",
-                   "--rank", str(rank), "--port", str(port), "--mode", self.mode,
-                   "--model", self.model, "--warmup", str(self.warmup),
-                   "--steps", str(self.steps), "--params-out", self.params_out]
-            out = os.path.join(self.logdir, f"{self.mode}_{self.model}_{rank}.out")
-            err = os.path.join(self.logdir, f"{self.mode}_{self.model}_{rank}.err")
+                   "--rank", str(rank), "--port", str(port), "--plan", json.dumps(self.plan)]
+            out = os.path.join(self.logdir, f"worker{rank}.out")
+            err = os.path.join(self.logdir, f"worker{rank}.err")
             self.logs.append((out, err))
             with open(out, "w") as fo, open(err, "w") as fe:
                 self.procs.append(subprocess.Popen(cmd, env=env, stdout=fo, stderr=fe,
@@ -252,23 +258,22 @@ class Run:
         while any(p.poll() is None for p in self.procs):
             for rank, p in enumerate(self.procs):
                 if p.poll() not in (None, 0):
-                    raise RuntimeError(f"{self.mode}/{self.model}: worker {rank} exited with "
+                    raise RuntimeError(f"worker {rank} exited with "
                                        f"{p.returncode}:\n{_tail(self.logs[rank][1])}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.mode}/{self.model}: workers did not finish within "
-                                   f"{self.timeout_s:g} s")
-            time.sleep(0.05)
+                raise RuntimeError(f"workers did not finish within {self.timeout_s:g} s")
+            time.sleep(0.5)
         outs = []
         for rank, p in enumerate(self.procs):
             if p.returncode != 0:
-                raise RuntimeError(f"{self.mode}/{self.model}: worker {rank} exited with "
+                raise RuntimeError(f"worker {rank} exited with "
                                    f"{p.returncode}:\n{_tail(self.logs[rank][1])}")
             with open(self.logs[rank][0]) as f:
                 lines = [ln for ln in f.read().splitlines() if ln.startswith("RESULT ")]
             if not lines:
-                raise RuntimeError(f"{self.mode}/{self.model}: worker {rank} printed no result:\n"
+                raise RuntimeError(f"worker {rank} printed no result:\n"
                                    f"{_tail(self.logs[rank][1])}")
-            outs.append(json.loads(lines[-1][len("RESULT "):]))
+            outs += [json.loads(ln[len("RESULT "):]) for ln in lines]
         return outs
 
     def __exit__(self, *exc):
@@ -307,16 +312,12 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default=None,
                     help="comma-separated subset (diagnosis); also distml_placed / distml_unplaced "
                          "(placement forced on / off)")
-    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    ap.add_argument("--timeout", type=float, default=5400.0, help="seconds for the whole invocation")
     # worker-only arguments
     ap.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rank", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--mode", choices=list(MODES), help=argparse.SUPPRESS)
-    ap.add_argument("--model", help=argparse.SUPPRESS)
-    ap.add_argument("--steps", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--warmup", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--params-out", help=argparse.SUPPRESS)
+    ap.add_argument("--plan", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._worker:
         worker(args)
@@ -331,40 +332,20 @@ def main(argv=None) -> int:
         ap.error(f"--models: any of {', '.join(WORKLOADS)}")
     if set(modes) - set(MODES) or "distml" not in modes or not set(modes) & set(DDP_MODES):
         ap.error(f"--modes: 'distml', at least one DDP configuration, any of {', '.join(MODES)}")
+    plan = {"repeats": repeats, "models": models, "modes": modes,
+            "steps": {m: max(1, int(PROTOCOL["steps"][m] * scale)) for m in models},
+            "warmup": {m: max(1, int(PROTOCOL["warmup"][m] * scale)) for m in models}}
 
     def _on_term(signum, frame):   # make `kill` clean up like Ctrl-C does
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    import torch
-    rows: dict[tuple[str, str], list[dict]] = {}
-    diffs: dict[str, list[float]] = {}
-    loads = [os.getloadavg()]
+    load_before = os.getloadavg()
     tmp = tempfile.mkdtemp(prefix="vs_ddp_")
     try:
-        for r in range(repeats):
-            for model in models:
-                finals = {}
-                steps = max(1, int(PROTOCOL["steps"][model] * scale))
-                warmup = max(1, int(PROTOCOL["warmup"][model] * scale))
-                for mode in modes:
-                    out = os.path.join(tmp, f"{mode}_{model}.pt")
-                    with Run(mode, model, warmup, steps, out, tmp, args.timeout) as run:
-                        res = run.results()
-                    sps = statistics.mean(x["steps_per_s"] for x in res)
-                    rss = max(x["maxrss_kb"] for x in res) / 1024
-                    rows.setdefault((model, mode), []).append(
-                        {"steps_per_s": sps, "rss_mb": rss, "placed": all(x["placed"] for x in res)})
-                    finals[mode] = torch.load(out, weights_only=True)
-                    print(f"repeat {r + 1}/{repeats} {model:14s} {mode:17s} "
-                          f"{sps:8.1f} steps/s  peak RSS {rss:7.1f} MB  placed {rows[(model, mode)][-1]['placed']}",
-                          file=sys.stderr, flush=True)
-                a = next(finals[m] for m in modes if m in DDP_MODES)
-                diffs.setdefault(model, []).append(max(
-                    ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item()
-                    for b in finals.values()))
-                loads.append(os.getloadavg())
+        with Run(plan, tmp, args.timeout) as run:
+            results = run.results()
     except KeyboardInterrupt:
         print("interrupted: workers stopped", file=sys.stderr)
         return 130
@@ -373,6 +354,22 @@ def main(argv=None) -> int:
         return 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    loads = {"before": load_before, "after": os.getloadavg()}
+
+    # per (model, mode): per-repeat steps/s, the mean of the two workers
+    rows: dict[tuple[str, str], list[dict]] = {}
+    diffs: dict[str, list[float]] = {}
+    for r in range(repeats):
+        for model in models:
+            for mode in modes:
+                mine = [x for x in results if x.get("mode") == mode and x["model"] == model
+                        and x["repeat"] == r]
+                rows.setdefault((model, mode), []).append(
+                    {"steps_per_s": statistics.mean(x["steps_per_s"] for x in mine),
+                     "placed": all(x["placed"] for x in mine)})
+            diffs.setdefault(model, []).extend(x["param_diff"] for x in results
+                                               if "param_diff" in x and x["model"] == model
+                                               and x["repeat"] == r)
 
     line: dict = {"bench": "vs_ddp"}
     per_mode, summary_rows, headline = {}, [], []
@@ -380,27 +377,23 @@ def main(argv=None) -> int:
         sps = {m: [x["steps_per_s"] for x in rows[(model, m)]] for m in modes}
         best = max((m for m in modes if m in DDP_MODES), key=lambda m: statistics.fmean(sps[m]))
         ratio, lo, hi = ratio_ci(sps["distml"], sps[best])
-        mem = (statistics.fmean(x["rss_mb"] for x in rows[(model, "distml")])
-               / statistics.fmean(x["rss_mb"] for x in rows[(model, best)]))
         line.update({f"{model}_ratio": round(ratio, 3), f"{model}_ratio_ci": [round(lo, 3), round(hi, 3)],
-                     f"{model}_best_ddp": best, f"{model}_mem_ratio": round(mem, 3),
+                     f"{model}_best_ddp": best,
                      f"{model}_param_diff": float(f"{max(diffs[model]):.2e}")})
         headline.append(f"{model} {ratio:.2f}× [{lo:.2f}, {hi:.2f}]")
         for m in modes:
             mr, mlo, mhi = ratio_ci(sps[m], sps[best])
             per_mode[f"{model}/{m}"] = {"steps_per_s": sps[m],
-                                        "rss_mb": [x["rss_mb"] for x in rows[(model, m)]],
                                         "placed": [x["placed"] for x in rows[(model, m)]]}
             summary_rows.append([model, m, f"{statistics.fmean(sps[m]):.1f}",
                                  f"{mr:.3f} [{mlo:.3f}, {mhi:.3f}]" + (" (best DDP)" if m == best else ""),
-                                 f"{statistics.fmean(x['rss_mb'] for x in rows[(model, m)]):.0f}",
                                  f"{sum(x['placed'] for x in rows[(model, m)])}/{repeats}"])
     line.update(repeats=repeats,
                 headline="distml vs the best DDP configuration (steps/s, 95% CI): " + ", ".join(headline))
     details = {"runs": per_mode, "loadavg": loads,
                "tables": [table("Steps/s per worker against the best DDP configuration (same invocation)",
                                 ["model", "configuration", "steps/s", "÷ best DDP [95% CI]",
-                                 "peak RSS MB", "placed"], summary_rows)]}
+                                 "placed"], summary_rows)]}
     return finish(line, PROTOCOL, quick=args.quick, details=details)
 
 

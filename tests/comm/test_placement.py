@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from distml.comm.placement import (GLOO_LOOP_THREAD, GLOO_WORK_THREAD, place_gloo_threads,
-                                   should_place, threads_by_name)
+                                   should_place, threads_by_name, unplace_gloo_threads)
 
 pytestmark = pytest.mark.timeout(30)
 PR_SET_NAME = 15
@@ -43,6 +43,8 @@ def test_loop_and_work_threads_go_to_different_cpus():
                 want = placed.loop_cpu if name == GLOO_LOOP_THREAD else placed.work_cpu
                 assert os.sched_getaffinity(tid) == {want}
         assert os.sched_getaffinity(0) != {cpus[0]}     # the calling (compute) thread is untouched
+        assert unplace_gloo_threads() == 3
+        assert all(os.sched_getaffinity(tid) == os.sched_getaffinity(0) for _, tid in made)
     finally:
         stop.set()
 

@@ -116,3 +116,19 @@ def place_gloo_threads(local_rank: int, cpus: list[int] | None = None) -> Placem
             except (ProcessLookupError, PermissionError, OSError):
                 continue
     return Placement(loop_cpu, work_cpu, moved[GLOO_LOOP_THREAD], moved[GLOO_WORK_THREAD])
+
+
+def unplace_gloo_threads(cpus: list[int] | None = None) -> int:
+    """Undo :func:`place_gloo_threads`: let gloo's threads run on every usable CPU again
+    (benchmarks that compare placed and unplaced runs in one process). Returns how many
+    threads were reset."""
+    allowed = set(usable_cpus() if cpus is None else cpus)
+    threads = threads_by_name()
+    reset = 0
+    for tid in threads.get(GLOO_LOOP_THREAD, []) + threads.get(GLOO_WORK_THREAD, []):
+        try:
+            os.sched_setaffinity(tid, allowed)
+            reset += 1
+        except (ProcessLookupError, PermissionError, OSError):
+            continue
+    return reset
