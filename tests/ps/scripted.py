@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import torch
 
-from distml.comm.ps.wire import (DONE, FLAG_COMPRESSED, PULL, PUSH, REPLY, TAG_HEADER,
+from distml.comm.ps.wire import (DONE, EVAL, FLAG_COMPRESSED, PULL, PUSH, REPLY, TAG_HEADER,
                                  TAG_PAYLOAD, TAG_REPLY, Header)
 
 
@@ -21,6 +21,7 @@ class Exhausted(Exception):
 class ScriptedTransport:
     global_rank = 99
     timeout = timedelta(seconds=1)
+    eval_wait_s = 1.0
 
     def __init__(self):
         self.inbox: list[tuple[int, int, torch.Tensor]] = []
@@ -41,6 +42,9 @@ class ScriptedTransport:
     def pull(self, w: int, clock: int):
         self.inbox.append((w, TAG_HEADER, Header(PULL, 0, clock).encode()))
 
+    def evaluating(self, w: int):
+        self.inbox.append((w, TAG_HEADER, Header(EVAL, 0).encode()))
+
     def done(self, w: int, final: bool = False):
         self.inbox.append((w, TAG_HEADER, Header(DONE, 0, 0, 0, int(final)).encode()))
 
@@ -53,6 +57,12 @@ class ScriptedTransport:
                 return s
         raise Exhausted
 
+    def irecv(self, t: torch.Tensor, src=None, tag: int = 0) -> "_Posted":
+        return _Posted(self, t, src, tag)
+
+    def _has(self, src, tag: int) -> bool:
+        return any(tg == tag and (src is None or s == src) for s, tg, _ in self.inbox)
+
     def send(self, t: torch.Tensor, dst: int, tag: int = 0):
         self.sent.append((dst, tag, t.clone()))
 
@@ -61,6 +71,23 @@ class ScriptedTransport:
         """``(worker, header)`` of every pull reply sent so far, in order."""
         return [(d, Header.decode(t)) for d, tag, t in self.sent
                 if tag == TAG_REPLY and Header.decode(t).op == REPLY]
+
+
+class _Posted:
+    """A posted receive: it takes its message when waited on (in script order), and is
+    complete once the script holds a message it matches."""
+
+    def __init__(self, transport: ScriptedTransport, out: torch.Tensor, src, tag: int):
+        self.t, self.out, self.src, self.tag = transport, out, src, tag
+        self.sender = None
+
+    def is_completed(self) -> bool:
+        return self.sender is not None or self.t._has(self.src, self.tag)
+
+    def wait(self, timeout_s=None) -> int:
+        if self.sender is None:
+            self.sender = self.t.recv(self.out, self.src, self.tag)
+        return self.sender
 
 
 def serve_until_idle(server) -> None:

@@ -13,7 +13,8 @@ is left where the OS puts it.
 
 This is an operating-system placement of threads torch already made (like Horovod's
 ``HOROVOD_THREAD_AFFINITY``), it changes no result. It only helps when every local
-rank can have a CPU of its own; :func:`should_place` says when that holds.
+rank can have a CPU of its own and the CPUs are not kept busy by other processes;
+:func:`should_place` says when that holds (``[comm] place_threads = "auto"``).
 """
 
 from __future__ import annotations
@@ -52,12 +53,48 @@ def usable_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def should_place(local_world: int, cpus: list[int] | None = None) -> bool:
-    """True when placement can help: Linux, at least 2 CPUs, and one CPU per local rank."""
+@dataclass(frozen=True)
+class Decision:
+    """Whether ``place_threads = "auto"`` places gloo's threads, and why (for the log)."""
+
+    place: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.place
+
+
+def should_place(local_world: int, cpus: list[int] | None = None, threads_per_rank: int = 1,
+                 load: float | None = None) -> Decision:
+    """What ``"auto"`` decides, from what this process can observe (not the CPU count):
+
+    - the CPUs it may run on (``os.sched_getaffinity``: a ``taskset`` or cgroup limit
+      counts, ``os.cpu_count()`` does not);
+    - the ranks on this host and their compute threads: placement helps only when every
+      rank can have a CPU of its own (``local_world × threads_per_rank ≤ CPUs``);
+    - the other work on the host, the 1-minute load average less this host's ranks: a
+      pinned thread cannot move to an idle CPU, so when other processes keep the CPUs
+      busy (load above what our ranks leave spare, with half a CPU of slack) the pinned
+      gloo threads would queue behind them and "auto" leaves them where the OS puts them.
+
+    ``cpus`` and ``load`` are observed when None (tests pass them).
+    """
     if not os.path.isdir("/proc/self/task") or not hasattr(os, "sched_setaffinity"):
-        return False
+        return Decision(False, "no per-thread CPU affinity here (not Linux)")
     cpus = usable_cpus() if cpus is None else cpus
-    return len(cpus) >= 2 and local_world <= len(cpus)
+    if len(cpus) < 2:
+        return Decision(False, f"{len(cpus)} usable CPU: nowhere to put the threads apart")
+    ours = local_world * threads_per_rank
+    if ours > len(cpus):
+        return Decision(False, f"{local_world} local ranks × {threads_per_rank} threads > "
+                               f"{len(cpus)} usable CPUs: pinning would pile them up")
+    load = os.getloadavg()[0] if load is None else load
+    others = max(0.0, load - ours)
+    spare = len(cpus) - ours
+    if others > spare + 0.5:
+        return Decision(False, f"load {load:.1f} on {len(cpus)} usable CPUs: other processes "
+                               f"keep about {others:.1f} CPUs busy, {spare} spare")
+    return Decision(True, f"{local_world} local ranks on {len(cpus)} usable CPUs, load {load:.1f}")
 
 
 def place_gloo_threads(local_rank: int, cpus: list[int] | None = None) -> Placement:
@@ -79,3 +116,19 @@ def place_gloo_threads(local_rank: int, cpus: list[int] | None = None) -> Placem
             except (ProcessLookupError, PermissionError, OSError):
                 continue
     return Placement(loop_cpu, work_cpu, moved[GLOO_LOOP_THREAD], moved[GLOO_WORK_THREAD])
+
+
+def unplace_gloo_threads(cpus: list[int] | None = None) -> int:
+    """Undo :func:`place_gloo_threads`: let gloo's threads run on every usable CPU again
+    (benchmarks that compare placed and unplaced runs in one process). Returns how many
+    threads were reset."""
+    allowed = set(usable_cpus() if cpus is None else cpus)
+    threads = threads_by_name()
+    reset = 0
+    for tid in threads.get(GLOO_LOOP_THREAD, []) + threads.get(GLOO_WORK_THREAD, []):
+        try:
+            os.sched_setaffinity(tid, allowed)
+            reset += 1
+        except (ProcessLookupError, PermissionError, OSError):
+            continue
+    return reset

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import gc
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ import torch.distributed as dist
 
 from distml.comm.oplog import END, OpLog
 from distml.errors import PeerError
+
+log = logging.getLogger(__name__)
 
 #: the longest any rank waits for rank 0's evaluation (far above any peer timeout)
 EVAL_WAIT_S = 1800.0
@@ -243,17 +246,24 @@ class Transport:
         new.store, new.backend_name = self.store, self.backend_name
         return new
 
-    def place_threads(self, local_rank: int, local_world: int):
+    def place_threads(self, local_rank: int, local_world: int, threads_per_rank: int = 1,
+                      force: bool = False):
         """Pin gloo's event-loop and work threads apart (see :mod:`distml.comm.placement`).
 
         Returns the :class:`~distml.comm.placement.Placement`, or None where it cannot
-        help (NCCL, fewer CPUs than local ranks, not Linux). A barrier first makes sure
-        gloo has made its threads.
+        help (NCCL, or :func:`~distml.comm.placement.should_place` says no: the reason is
+        logged); ``force`` skips that check (benchmarks). Every rank of the group must call
+        it: a barrier first makes sure gloo has made its threads; each rank then decides
+        from what it observes on its own host.
         """
         from distml.comm.placement import place_gloo_threads, should_place
-        if self.backend() != "gloo" or not should_place(local_world):
+        if self.backend() != "gloo":
             return None
         self.barrier()
+        decision = should_place(local_world, threads_per_rank=threads_per_rank)
+        if not (force or decision):
+            log.info("gloo threads left where the OS puts them: %s", decision.reason)
+            return None
         return place_gloo_threads(local_rank)
 
     @classmethod
@@ -549,7 +559,11 @@ class Transport:
         def sender():
             if wire is not out:
                 out.copy_(wire)
-            return self._global_ranks.index(work_box["w"]._source_rank()) if src is None else src
+            if src is not None:
+                return src
+            got = work_box["w"]._source_rank()      # a group rank inside a subgroup (as recv)
+            return self._global_ranks.index(got if self.group is None else
+                                            dist.get_global_rank(self.group, got))
 
         return self._start("recv", start, 0, n, on_done=sender, peer=peer)
 

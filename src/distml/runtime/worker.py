@@ -112,7 +112,8 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
                                   latency_ms=config.comm.latency_ms,
                                   device_id=device if device.type == "cuda" else None)
     if config.comm.place_threads == "auto":
-        placed = transport.place_threads(local_rank, rendezvous.local_world(world))
+        placed = transport.place_threads(local_rank, rendezvous.local_world(world),
+                                         threads_per_rank=config.train.threads_per_worker)
         if placed is not None:
             log.info("gloo threads placed: %s", placed)
     arm_crash(config.faults, rank)      # [faults] crash: tests of failure detection

@@ -4,7 +4,8 @@ Reference: Li et al., "Scaling Distributed Machine Learning with the Parameter S
 OSDI 2014 (ps-lite): the update rule is a handler the algorithm injects
 (``set_request_handle``), so ``comm/`` never imports ``optim/`` or ``aggregate/``.
 
-The loop is single-threaded: it blocks in an any-source receive (no spinning) and
+The loop is single-threaded: it blocks in an any-source receive (no spinning), with
+the next request's receives already posted while it applies one (:mod:`.inbox`), and
 keeps pulls that the pace does not allow yet in a list, answering them when a push or
 a finishing worker moves the progress. Synchronous paces apply one round (all pushes of
 a clock, summed in rank order, so the result does not depend on arrival order) through
@@ -15,6 +16,11 @@ round instead, and a round waits for every worker whose newest push would otherw
 more than ``max_delay`` rounds old. Under a synchronous pace a pull is never answered
 while the requester's own push still waits in an open round (it reads its writes).
 A compressed push (``FLAG_COMPRESSED``) is decoded by the injected decoder first.
+
+One clock for every pace: while rank 0 evaluates (its ``EVAL`` until its next message)
+every pull is held, so no worker runs ahead during time that rank 0's wall clock
+excludes (each finishes at most the step it is in, up to its next pull); the time a pull
+is held for that pause is not reported as held (pace) time.
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ from typing import Any, Protocol
 import torch
 
 from distml.comm.pace import BoundedDelay, Pace, Quorum
+from distml.comm.ps.inbox import Inbox, Message
 from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, EVAL, FLAG_COMPRESSED, FLAG_STOP, PULL, PUSH,
-                                 REPLY, STOP, TAG_HEADER, TAG_PAYLOAD, TAG_REPLY,
-                                 TAG_REPLY_PAYLOAD, Header, empty_header)
+                                 REPLY, STOP, TAG_REPLY, TAG_REPLY_PAYLOAD, Header)
 from distml.errors import PeerError
 
 _NEVER = 1 << 62
@@ -92,15 +98,16 @@ class ServerLoop:
         self.dropped = {w: 0 for w in self.workers}
         self.pulls = 0
         self.max_staleness = 0
-        self.held: list[tuple[int, int, float]] = []   # (worker, clock, since)
+        self.held: list[tuple[int, int, float, float]] = []   # (worker, clock, since, paused by then)
         self.final: list[int] = []                     # workers waiting for the last model
         self.ckpt: dict[int, int] = {}                 # worker -> step it asked to checkpoint
         self.stop = False                              # rank 0 asked everyone to stop (target met)
         self.evaluating: set[int] = set()              # workers evaluating until their next message
+        self.paused_seconds = 0.0                      # closed evaluation pauses, in total
+        self._pause_start: float | None = None
         self.busy_seconds = 0.0
-        self.bytes_in = 0
         self._last_heard = {w: time.monotonic() for w in self.workers}
-        self._buf = torch.empty_like(params)
+        self.inbox = Inbox(transport, self.workers, params, shard)
 
     # ---- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -130,24 +137,23 @@ class ServerLoop:
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Serve until every worker is done; returns the shard's counters."""
-        hdr = empty_header()
         while self.active or self.held or self.final:
-            sender = self._recv_header(hdr)
+            message = self._next_message()
             t0 = time.perf_counter()
-            self._last_heard[sender] = time.monotonic()
-            self.evaluating.discard(sender)
-            self._handle(sender, Header.decode(hdr))
+            self._last_heard[message.sender] = time.monotonic()
+            self._end_pause(message.sender)
+            self._handle(message)
             self.busy_seconds += time.perf_counter() - t0
             if not self.active:
                 self._finish()
         return self.report()
 
-    def _recv_header(self, hdr: torch.Tensor) -> int:
+    def _next_message(self) -> Message:
         """The next request; while a worker evaluates the wait is the evaluation's limit
         (the collective algorithms' rule), else the transport's timeout."""
         limit = self.t.eval_wait_s if self.evaluating & self.active else None
         try:
-            return self.t.recv(hdr, src=None, tag=TAG_HEADER, timeout_s=limit)
+            return self.inbox.next(limit)
         except PeerError:
             now = time.monotonic()
             silent = sorted(self.active, key=lambda w: self._last_heard[w])
@@ -156,17 +162,20 @@ class ServerLoop:
                             f"message within {limit or self.t.timeout.total_seconds():g} s; silent workers: "
                             f"{names or 'none'} — a worker died or stalled") from None
 
-    def _handle(self, w: int, h: Header) -> None:
+    def _handle(self, message: Message) -> None:
+        w, h = message.sender, message.header
         if h.op == PUSH:
-            self._push(w, h)
+            self._push(w, h, message.payload)
         elif h.op == PULL:
-            self.held.append((w, h.clock, time.perf_counter()))
+            self.held.append((w, h.clock, time.perf_counter(), self._paused_so_far()))
         elif h.op == CHECKPOINT:
             self.ckpt[w] = h.clock
         elif h.op == STOP:
             self.stop = True
         elif h.op == EVAL:
             self.evaluating.add(w)
+            if self._pause_start is None:
+                self._pause_start = time.perf_counter()
         elif h.op == DONE:
             self.active.discard(w)
             if h.arg0:
@@ -177,25 +186,17 @@ class ServerLoop:
         self._answer_pulls()
         self._maybe_checkpoint()
 
-    def _receive_push(self, w: int, h: Header) -> torch.Tensor:
-        """The push's values: received as they are, or a codec's message decoded."""
-        if h.length != self.params.numel():
-            raise PeerError(f"parameter server shard {self.shard}: push of {h.length} values from "
-                            f"rank {w}, expected {self.params.numel()}")
+    def _push_values(self, w: int, h: Header, payload: torch.Tensor) -> torch.Tensor:
+        """The push's values: as received, or a codec's message decoded."""
         if not h.flags & FLAG_COMPRESSED:
-            self.t.recv(self._buf, src=w, tag=TAG_PAYLOAD)
-            self.bytes_in += self._buf.numel() * self._buf.element_size()
-            return self._buf
+            return payload
         if self.decoder is None:
             raise PeerError(f"parameter server shard {self.shard}: a compressed push from rank {w}, "
                             "but this server has no codec")
-        message = torch.empty(h.arg0, dtype=torch.uint8)
-        self.t.recv(message, src=w, tag=TAG_PAYLOAD)
-        self.bytes_in += h.arg0
-        return self.decoder.decode(w, message)
+        return self.decoder.decode(w, payload)
 
-    def _push(self, w: int, h: Header) -> None:
-        value = self._receive_push(w, h)
+    def _push(self, w: int, h: Header, payload: torch.Tensor) -> None:
+        value = self._push_values(w, h, payload)
         self.clocks[w] = max(self.clocks[w], h.clock + 1)
         if not self.pace.synchronous:
             self.rule(self.params, value, 1, h.aux)
@@ -242,16 +243,31 @@ class ServerLoop:
             return self.round if self.active else _NEVER
         return min((self.clocks[w] for w in self.active), default=_NEVER)
 
+    def _end_pause(self, w: int) -> None:
+        """A message from an evaluating worker: its evaluation is over."""
+        if w in self.evaluating:
+            self.evaluating.discard(w)
+            if not self.evaluating and self._pause_start is not None:
+                self.paused_seconds += time.perf_counter() - self._pause_start
+                self._pause_start = None
+
+    def _paused_so_far(self) -> float:
+        now = time.perf_counter()
+        return self.paused_seconds + (now - self._pause_start if self._pause_start is not None else 0.0)
+
     def _answer_pulls(self) -> None:
+        if self.evaluating & self.active:      # one clock: nobody runs ahead while rank 0 evaluates
+            return
         progress = self.progress()
         pending = {w for got in self.rounds.values() for w in got}
         keep = []
-        for w, clock, since in self.held:
+        for w, clock, since, paused in self.held:
             if w not in pending and self.pace.ready(clock, progress):
                 lag = self.pace.lag(clock, progress) if progress != _NEVER else 0
-                self._reply(w, clock, lag, time.perf_counter() - since)
+                held = time.perf_counter() - since - (self._paused_so_far() - paused)
+                self._reply(w, clock, lag, max(0.0, held))
             else:
-                keep.append((w, clock, since))
+                keep.append((w, clock, since, paused))
         self.held = keep
 
     def _reply(self, w: int, clock: int, lag: int, held_s: float) -> None:
@@ -292,5 +308,5 @@ class ServerLoop:
                 "dropped_by_worker": {str(w): n for w, n in self.dropped.items()},
                 "pulls": self.pulls, "rounds": self.round, "max_staleness": self.max_staleness,
                 "delay_max": self.delay_max if self.pace.synchronous else None,
-                "late_pushes": self.late,
-                "busy_seconds": self.busy_seconds, "bytes_pushed": self.bytes_in}
+                "late_pushes": self.late, "eval_paused_seconds": self.paused_seconds,
+                "busy_seconds": self.busy_seconds, "bytes_pushed": self.inbox.bytes_in}
