@@ -227,11 +227,11 @@ class Scorer:
         self.source = build_source(self.config)
         self.model = build_model_for(self.config, self.source.info)
         self.loss_fn = build_loss(self.config.model.loss, self.config.model.name, self.source.info)
-        self.n_param_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     def splits(self) -> dict:
-        if hasattr(self.source, "split"):
-            return {"validation": self.source.split("validation"), "test": self.source.split("test")}
+        # (the runs' configs leave eval_split at "test": test() is the test split)
+        if hasattr(self.source, "validation"):
+            return {"validation": self.source.validation(), "test": self.source.test()}
         # no validation split in this source (Fashion-MNIST): documented in the notes
         return {"test": self.source.test()}
 
@@ -579,7 +579,9 @@ def report(args, w, methods, skipped, chosen, runs, testbed, loads, seconds) -> 
     vs_torch, peers = {}, {}
     for key, (peer, ours) in PEERS.items():
         if peer in done and ours in done:
-            sps = ratio_ci(vals[ours]["steps_per_s"], vals[peer]["steps_per_s"])
+            both = [s for s in seeds_of[ours] if s in seeds_of[peer]]     # paired by seed
+            sps = ratio_ci([runs[ours]["seeds"][s]["steps_per_s"] for s in both],
+                           [runs[peer]["seeds"][s]["steps_per_s"] for s in both])
             o, p = interval(vals[ours]["test_loss"]), interval(vals[peer]["test_loss"])
             overlap = o["ci95"][0] <= p["ci95"][1] and p["ci95"][0] <= o["ci95"][1]
             vs_torch[key] = round(sps[0], 3)
