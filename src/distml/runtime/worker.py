@@ -165,8 +165,11 @@ def train_joined(rank: int, config: RunConfig, parts, transport: Transport, job:
         result = parts.algorithm.run(loop)
     else:
         result = loop.run(resume=resume, stop_after=job.stop_after)
-    # after a worker loss the survivors train in a new group, with new ranks
-    transport, rank = loop.transport, loop.rank
+    # after a worker loss the survivors train in a new group, with new ranks (otherwise
+    # loop.transport may be a narrowed subgroup, e.g. the parameter server's workers, and
+    # the summary below gathers over every process)
+    if loop.regrouped:
+        transport, rank = loop.transport, loop.rank
     totals = {"rank": rank, "steps": result.steps, "steps_this_run": result.steps_this_run,
               "wall_seconds_this_run": result.wall_seconds - loop.wall_before,   # after --resume
               "train_loss": result.train_loss,
