@@ -123,16 +123,36 @@ def config(method: str, model: str, schedule: str, p: dict, seed: int) -> tuple[
     return cfg, int(plan["model"]["parameters"])
 
 
+def saved_run(cfg: dict, folder: Path) -> dict | None:
+    """The summary of a finished run of exactly ``cfg`` in ``folder``, or None.
+
+    A run is deterministic for its seed (tests/runtime/test_determinism.py), so reading a
+    finished one back gives what rerunning it would (its wall times are the original's):
+    an interrupted bench resumes, and ``--part`` splits one over parallel invocations.
+    """
+    from distml.config import parse_config
+    try:
+        saved = json.loads((folder / "config.json").read_text())
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if saved == parse_config(cfg).to_dict() else None
+
+
 def one_run(method: str, model: str, schedule: str, p: dict, seed: int, root: Path) -> dict:
     import distml
     cfg, n_params = config(method, model, schedule, p, seed)
     workers, _, counter = METHODS[method]
+    folder = root / f"{model}-{schedule}-{method}-seed{seed}"
     t0 = time.perf_counter()
-    s = distml.run(cfg, out=root / f"{model}-{schedule}-{method}-seed{seed}")
+    s = saved_run(cfg, folder)
+    reused = s is not None
+    if s is None:
+        s = distml.run(cfg, out=folder)
     elapsed = time.perf_counter() - t0
     m = s.get("algorithm_metrics") or {}
     evals = [json.loads(line) for line in
-             (Path(s["run_dir"]) / "eval.jsonl").read_text().splitlines() if line.strip()]
+             (folder / "eval.jsonl").read_text().splitlines() if line.strip()]
     rounds = m.get(counter)
     if rounds != p["rounds"]:
         raise RuntimeError(f"{method}: {counter} = {rounds}, expected {p['rounds']} rounds")
@@ -142,7 +162,7 @@ def one_run(method: str, model: str, schedule: str, p: dict, seed: int, root: Pa
     out = {"test_accuracy": s["test_accuracy"], "bytes_sent": s["bytes_sent"],
            "bytes_train": s["bytes_sent"] - eval_bytes, "rounds": rounds, "workers": workers,
            "steps": s["steps"], "wall_seconds": s["wall_seconds"],
-           "compute_seconds": s["compute_seconds"], "run_seconds": elapsed,
+           "compute_seconds": s["compute_seconds"], "run_seconds": elapsed, "reused": reused,
            "curve": [e.get("test_accuracy") for e in evals]}
     for k in ("ensemble_accuracy", "member_accuracy_mean", "consensus_distance",
               "primal_residual", "rho"):
@@ -232,8 +252,19 @@ def main() -> int:
                     help="one model per invocation (the CNN's result: bench/results/aggregation_cnn.json)")
     ap.add_argument("--methods", default=",".join(PROTOCOL["methods"]),
                     help="comma-separated subset of: " + ", ".join(METHODS) + "; or 'all'")
-    ap.add_argument("--out", type=Path, default=None, help="keep the run folders here (default: a temp dir)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="keep the run folders here (default: a temp dir); finished runs of the "
+                         "same config found there are read back, not rerun")
+    ap.add_argument("--part", default=None, metavar="I/N",
+                    help="only run the I-th of every N runs into --out, then stop (the protocol "
+                         "split over N parallel invocations; gather with one more without --part)")
     args = ap.parse_args()
+    part = None
+    if args.part is not None:
+        i, _, n = args.part.partition("/")
+        if not (i.isdigit() and n.isdigit() and int(i) < int(n)) or args.out is None:
+            ap.error(f"--part must be I/N with 0 <= I < N, with --out; got {args.part!r}")
+        part = (int(i), int(n))
     p = {**{k: v for k, v in PROTOCOL.items() if k != "models"}, "model_name": args.model,
          **PROTOCOL["models"][args.model], **(QUICK if args.quick else {})}
     methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -247,16 +278,21 @@ def main() -> int:
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="distml-aggregation-") as tmp:
         root = args.out if args.out is not None else Path(tmp)
-        for seed in p["seeds"]:              # interleaved: load hits every method alike
-            for model, schedule in configs:
-                for method in methods:
-                    r = one_run(method, model, schedule, p, seed, root)
-                    results[(model, schedule)][method].append(r)
-                    print(f"seed {seed} {model}/{schedule} {method:27s} acc={r['test_accuracy']:.4f} "
-                          f"MB={r['bytes_sent'] / 1e6:.2f} steps={r['steps']} "
-                          f"run={r['run_seconds']:.1f}s curve={[round(a, 4) for a in r['curve']]}",
-                          file=sys.stderr, flush=True)
+        # interleaved: load hits every method alike
+        order = [(seed, model, schedule, method) for seed in p["seeds"]
+                 for model, schedule in configs for method in methods]
+        for index, (seed, model, schedule, method) in enumerate(order):
+            if part is not None and index % part[1] != part[0]:
+                continue
+            r = one_run(method, model, schedule, p, seed, root)
+            results[(model, schedule)][method].append(r)
+            print(f"seed {seed} {model}/{schedule} {method:27s} acc={r['test_accuracy']:.4f} "
+                  f"MB={r['bytes_sent'] / 1e6:.2f} steps={r['steps']} run={r['run_seconds']:.1f}s"
+                  f"{' (read back)' if r['reused'] else ''} "
+                  f"curve={[round(a, 4) for a in r['curve']]}", file=sys.stderr, flush=True)
             load.append(os.getloadavg())
+    if part is not None:
+        return 0
     summaries = {f"{model}/{schedule}": summarize(results[(model, schedule)], p)
                  for model, schedule in configs}
     main_c = summaries[f"{configs[0][0]}/{configs[0][1]}"]
