@@ -95,8 +95,8 @@ def section(record: dict[str, Any], notes: str | None, docs_dir: Path, repo: Pat
     out += ["Run: " + "; ".join(run) + ".", ""]
     if record.get("protocol"):
         out += ["Protocol (fixed before the run):", "",
-                "    " + json.dumps(record["protocol"], default=str), ""]
-    out += ["JSON line:", "", "    " + json.dumps(record["line"], default=str), ""]
+                "    " + json.dumps(record["protocol"], default=str, ensure_ascii=False), ""]
+    out += ["JSON line:", "", "    " + json.dumps(record["line"], default=str, ensure_ascii=False), ""]
     for t in details.get("tables") or []:
         out += [markdown_table(t), ""]
     for plot in details.get("plots") or []:
