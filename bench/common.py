@@ -105,6 +105,8 @@ def finish(line: dict[str, Any], protocol: dict[str, Any], quick: bool = False,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python "
                          f"{platform.python_version()}",
+              # the machine is shared: how loaded it was when the bench ended
+              "loadavg": [round(x, 2) for x in os.getloadavg()],
               "quick": bool(quick)}
     folder = RESULTS / "quick" if quick else RESULTS
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,10 @@ distml checks the loss every step and the parameters at each checkpoint and at t
 not the gradients every step; this measures the check it leaves out, on the MLP of
 docs/design.md §6 (784-512-512-10, batch 64, SGD with momentum, 1 thread): one fused pass
 (``torch._foreach_norm`` over all gradients, then one finiteness test) between backward
-and the optimizer step. Plain and checked steps run in interleaved rounds; the overhead
-is the median over rounds of (checked step time / plain step time − 1). Times are this
+and the optimizer step. Plain and checked steps run in interleaved rounds (the protocol,
+``PROTOCOL``, is fixed before the run); the overhead is the mean over rounds of
+(checked step time / plain step time − 1) with its 95% interval (rounds are the
+repeats; ``overhead_median`` kept for comparison with earlier runs). Times are this
 process's CPU time (``time.process_time``, one thread), so other load on the machine
 inflates them less than it would wall-clock times.
 
@@ -14,30 +16,39 @@ inflates them less than it would wall-clock times.
 
 Ends by printing one JSON line (docs/design.md §5)::
 
-    {"bench": "grad_check", "step_ms": ..., "overhead_median": ..., "rounds": ...}
+    {"bench": "grad_check", "step_ms": ..., "overhead_mean": ..., "overhead_ci": [lo, hi],
+     "overhead_median": ..., "rounds": ..., "headline": "..."}
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import finish, mean_ci  # noqa: E402
 
-def main() -> None:
+PROTOCOL = {"model": "mlp 784-512-512-10, batch 64, 1 thread, SGD momentum 0.9",
+            "rounds": 15, "steps": 200, "seed": 0, "clock": "time.process_time"}
+QUICK = {"rounds": 2, "steps": 20}
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--steps", type=int, default=200, help="timed steps per round and variant")
     ap.add_argument("--quick", action="store_true", help="2 rounds of 20 steps (smoke check)")
     args = ap.parse_args()
-    rounds, steps = (2, 20) if args.quick else (args.rounds, args.steps)
+    p = {**PROTOCOL, **(QUICK if args.quick else {})}
+    rounds, steps = p["rounds"], p["steps"]
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
+    torch.manual_seed(p["seed"])
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512),
                           nn.ReLU(), nn.Linear(512, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -63,11 +74,19 @@ def main() -> None:
             t[check] = (time.process_time() - t0) / steps
         ratios.append(t[True] / t[False])
         plain.append(t[False])
-    print(json.dumps({"bench": "grad_check", "model": "mlp 784-512-512-10, batch 64, 1 thread",
-                      "step_ms": round(statistics.median(plain) * 1e3, 3),
-                      "overhead_median": round(statistics.median(ratios) - 1, 4),
-                      "overhead_min": round(min(ratios) - 1, 4), "rounds": rounds, "steps": steps}))
+    overhead = mean_ci([r - 1 for r in ratios])
+    line = {"bench": "grad_check", "model": p["model"],
+            "step_ms": round(statistics.median(plain) * 1e3, 3),
+            "overhead_mean": round(overhead[0], 4),
+            "overhead_ci": [round(overhead[1], 4), round(overhead[2], 4)],
+            "overhead_median": round(statistics.median(ratios) - 1, 4),
+            "overhead_min": round(min(ratios) - 1, 4), "rounds": rounds, "steps": steps,
+            "headline": f"checking every gradient adds {100 * overhead[0]:.2f}% "
+                        f"[{100 * overhead[1]:.2f}, {100 * overhead[2]:.2f}] to a "
+                        f"{statistics.median(plain) * 1e3:.2f} ms step"}
+    return finish(line, p, quick=args.quick,
+                  details={"ratios": ratios, "plain_s": plain, "loadavg": os.getloadavg()})
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

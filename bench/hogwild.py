@@ -8,18 +8,22 @@ through ``distml.run`` with ``[algorithm] name = "hogwild", lock = false`` and
 sides touch the same number of samples (``--epochs`` passes over the whole set, split
 over the workers), so throughput is compared at the same amount of work, and the final
 loss (on the training set, from ``hogwild.json``) says whether the result is the same.
-Runs are interleaved (1 then 2 processes, per repeat), every run in fresh processes.
+Runs are interleaved (1 then 2 processes, per repeat; repeat r uses seed r for both),
+every run in fresh processes. The protocol (``PROTOCOL``) is fixed before the run.
 
-    python bench/hogwild.py --repeats 5      # the documented run (docs/benchmarks.md)
+    python bench/hogwild.py                  # the documented run (docs/benchmarks.md)
     python bench/hogwild.py --quick          # smoke check: same code path, smaller data
 
 Ends by printing one JSON line (docs/design.md §5)::
 
-    {"bench": "hogwild", "speedup": ..., "loss_gap": ..., "repeats": R, ...}
+    {"bench": "hogwild", "speedup": ..., "speedup_ci": [lo, hi], "loss_gap": ...,
+     "loss_gap_ci": [lo, hi], "repeats": R, "headline": "...", ...}
 
-``speedup`` = median samples/s with 2 processes ÷ median samples/s with 1 process;
-``loss_gap`` = |median final loss (2) − median final loss (1)| ÷ median final loss (1)
-(the issue's condition: ≤ 0.02); ``speedup_min/max`` = the spread of per-repeat ratios;
+``speedup`` = samples/s with 2 processes ÷ with 1, the geometric mean of the per-repeat
+ratios with its 95% interval (``speedup_ci``); ``loss_gap`` = the mean over repeats of
+(final loss (2) − final loss (1)) ÷ final loss (1), with ``loss_gap_ci`` (the issue's
+condition: |gap| ≤ 0.02, met only when the whole interval is inside ±0.02);
+``speedup_min/max`` = the spread of per-repeat ratios;
 ``concurrent_compute_slowdown`` (measured before and after the runs) = the time of a
 fixed CPU burst of the same kind of work (batch-1 logistic SGD steps on a private model)
 run by 2 processes at once ÷ run by 1 alone: near 1 on two free cores, near 2 when the
@@ -31,23 +35,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import finish, interval, mean_ci, ratio_ci, table  # noqa: E402
 
-def config(workers: int, args, seed: int) -> dict:
+PROTOCOL = {"n": 20000, "dim": 1000, "density": 0.01, "epochs": 2, "lr": 0.05,
+            "seeds": [0, 1, 2, 3, 4], "workers": [1, 2], "lock": False,
+            "goal": "loss gap within ±0.02 (whole 95% interval); speedup reported with its interval"}
+QUICK = {"n": 4000, "dim": 300, "density": 0.03, "epochs": 1, "seeds": [0]}
+
+
+def config(workers: int, p: dict, seed: int) -> dict:
     return {
         "name": f"bench-hogwild-{workers}", "seed": seed, "workers": workers,
-        "data": {"source": {"name": "synthetic", "kind": "sparse_logistic", "n_train": args.n,
-                            "n_test": 1000, "dim": args.dim, "density": args.density},
+        "data": {"source": {"name": "synthetic", "kind": "sparse_logistic", "n_train": p["n"],
+                            "n_test": 1000, "dim": p["dim"], "density": p["density"]},
                  "batch_size": 1},
         "model": {"name": "softmax"},
-        "optim": {"name": "sgd", "lr": args.lr},
+        "optim": {"name": "sgd", "lr": p["lr"]},
         "algorithm": {"name": "hogwild", "lock": False},
-        "train": {"epochs": args.epochs, "progress": False, "threads_per_worker": 1},
+        "train": {"epochs": p["epochs"], "progress": False, "threads_per_worker": 1},
     }
 
 
@@ -107,51 +120,54 @@ def _on_term(signum, frame):                 # run the finally blocks (the launc
     raise SystemExit(128 + signum)
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke check: 4,000 × 300, 1 repeat")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--n", type=int, default=20000)
-    ap.add_argument("--dim", type=int, default=1000)
-    ap.add_argument("--density", type=float, default=0.01)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=0.05)
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, _on_term)
-    if args.quick:
-        args.repeats, args.n, args.dim, args.density, args.epochs = 1, 4000, 300, 0.03, 1
+    p = {**PROTOCOL, **(QUICK if args.quick else {})}
     slowdown = [concurrency()]
     runs: dict[int, list[dict]] = {1: [], 2: []}
-    for rep in range(args.repeats):
+    for seed in p["seeds"]:
         for workers in (1, 2):
-            r = one_run(config(workers, args, seed=0))
+            r = one_run(config(workers, p, seed=seed))
             runs[workers].append(r)
-            print(f"repeat {rep} workers={workers} samples={r['samples']} "
+            print(f"seed {seed} workers={workers} samples={r['samples']} "
                   f"samples/s={r['samples_per_second']:.0f} final_loss={r['final_loss']:.5f} "
                   f"train_s={r['train_seconds']:.2f}", file=sys.stderr, flush=True)
-
     slowdown.append(concurrency())
 
-    def med(w: int, key: str) -> float:
-        return statistics.median(r[key] for r in runs[w])
+    def values(w: int, key: str) -> list[float]:
+        return [r[key] for r in runs[w]]
 
-    ratios = [b["samples_per_second"] / a["samples_per_second"] for a, b in zip(runs[1], runs[2])]
-    table = {w: {"samples": runs[w][0]["samples"], "samples_per_second": med(w, "samples_per_second"),
-                 "final_loss": med(w, "final_loss"), "train_seconds": med(w, "train_seconds")}
-             for w in (1, 2)}
-    print(json.dumps(table, indent=1), file=sys.stderr)
-    print(json.dumps({
-        "bench": "hogwild", "repeats": args.repeats,
-        "speedup": round(med(2, "samples_per_second") / med(1, "samples_per_second"), 3),
+    ratios = [b / a for a, b in zip(values(1, "samples_per_second"), values(2, "samples_per_second"))]
+    speedup = ratio_ci(values(2, "samples_per_second"), values(1, "samples_per_second"))
+    gaps = [(b - a) / a for a, b in zip(values(1, "final_loss"), values(2, "final_loss"))]
+    gap = mean_ci(gaps)
+    met = -0.02 <= gap[1] and gap[2] <= 0.02
+    line = {
+        "bench": "hogwild", "repeats": len(p["seeds"]),
+        "speedup": round(speedup[0], 3), "speedup_ci": [round(speedup[1], 3), round(speedup[2], 3)],
         "speedup_min": round(min(ratios), 3), "speedup_max": round(max(ratios), 3),
-        "loss_gap": round(abs(med(2, "final_loss") - med(1, "final_loss")) / med(1, "final_loss"), 4),
-        "final_loss": {"1": round(med(1, "final_loss"), 5), "2": round(med(2, "final_loss"), 5)},
-        "samples_per_second": {"1": round(med(1, "samples_per_second")),
-                               "2": round(med(2, "samples_per_second"))},
+        "loss_gap": round(gap[0], 4), "loss_gap_ci": [round(gap[1], 4), round(gap[2], 4)],
+        "final_loss": {str(w): interval(values(w, "final_loss"), 5)["mean"] for w in (1, 2)},
+        "samples_per_second": {str(w): round(statistics.fmean(values(w, "samples_per_second")))
+                               for w in (1, 2)},
         "concurrent_compute_slowdown": [round(v, 3) for v in slowdown],
-        "n": args.n, "dim": args.dim, "density": args.density, "epochs": args.epochs,
-    }))
+        "n": p["n"], "dim": p["dim"], "density": p["density"], "epochs": p["epochs"],
+        "headline": f"2 processes {speedup[0]:.2f}× [{speedup[1]:.2f}, {speedup[2]:.2f}] the "
+                    f"samples/s of 1; loss gap {gap[0]:+.4f} [{gap[1]:+.4f}, {gap[2]:+.4f}] "
+                    f"(goal within ±0.02: {'met' if met else 'not met'})"}
+    rows = [[w, f"{interval(values(w, 'samples_per_second'), 0)['mean']:.0f} "
+                f"{interval(values(w, 'samples_per_second'), 0)['ci95']}",
+             f"{interval(values(w, 'final_loss'), 5)['mean']:.5f}", runs[w][0]["samples"]]
+            for w in (1, 2)]
+    details = {"runs": {str(w): rs for w, rs in runs.items()}, "loadavg": os.getloadavg(),
+               "tables": [table(f"Hogwild! on sparse logistic regression ({len(p['seeds'])} seeds)",
+                                ["processes", "samples/s (mean [95% CI])", "final loss (mean)",
+                                 "samples"], rows)]}
+    return finish(line, p, quick=args.quick, details=details)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,36 +8,46 @@ it reuses the ``perf_counter`` reads its byte/time accounting already makes), an
 ``timed_noop_ns`` the whole accounting wrapper ``Transport._timed`` around an op that
 does nothing (guard, record, stats) — the fixed cost any op pays — against
 ``unrecorded_noop_ns``, the same wrapper without the record (delay check, guard and
-stats: what ``_timed`` did before the buffer). Best of ``--repeats`` timeit runs of ``--number``
-calls each, the three interleaved within each repeat.
+stats: what ``_timed`` did before the buffer). ``PROTOCOL`` (fixed before the run):
+``repeats`` timeit runs of ``number`` calls each, the three interleaved within each
+repeat; reported as the best (the least disturbed by other load) and, for ``added_ns``,
+the mean over repeats of the paired difference with its 95% interval.
 
     python bench/oplog.py               # the documented run (docs/faults.md)
     python bench/oplog.py --quick       # smoke check, same code path
 
-Ends by printing one JSON line (DESIGN.md §5)::
+Ends by printing one JSON line (docs/design.md §5)::
 
     {"bench": "oplog", "record_ns": ..., "timed_noop_ns": ..., "unrecorded_noop_ns": ...,
-     "added_ns": timed - unrecorded, "number": N, "repeats": R}
+     "added_ns": timed - unrecorded, "added_ns_mean": ..., "added_ns_ci": [lo, hi],
+     "number": N, "repeats": R, "headline": "..."}
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import sys
 import time
 import timeit
+from pathlib import Path
 
-from distml.comm.oplog import OpLog
-from distml.comm.transport import Transport
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import finish, paired_ci  # noqa: E402
+
+from distml.comm.oplog import OpLog  # noqa: E402
+from distml.comm.transport import Transport  # noqa: E402
+
+PROTOCOL = {"number": 200_000, "repeats": 7, "payload_bytes": 4096}
+QUICK = {"number": 2000, "repeats": 2}
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--number", type=int, default=200_000)
-    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    number, repeats = (2000, 2) if args.quick else (args.number, args.repeats)
+    p = {**PROTOCOL, **(QUICK if args.quick else {})}
+    number, repeats = p["number"], p["repeats"]
 
     log = OpLog()
     now = time.perf_counter()
@@ -57,13 +67,19 @@ def main() -> None:
         t.stats.record("all_reduce", 4096, 4096, time.perf_counter() - t0)
 
     cases = (("record_ns", record), ("timed_noop_ns", timed), ("unrecorded_noop_ns", unrecorded))
-    best = {name: float("inf") for name, _ in cases}
+    each: dict[str, list[float]] = {name: [] for name, _ in cases}
     for _ in range(repeats):
         for name, fn in cases:
-            best[name] = min(best[name], timeit.timeit(fn, number=number) / number * 1e9)
+            each[name].append(timeit.timeit(fn, number=number) / number * 1e9)
+    best = {name: min(v) for name, v in each.items()}
     best["added_ns"] = best["timed_noop_ns"] - best["unrecorded_noop_ns"]
-    print(json.dumps({"bench": "oplog", **{k: round(v, 1) for k, v in best.items()},
-                      "number": number, "repeats": repeats}))
+    added = paired_ci(each["timed_noop_ns"], each["unrecorded_noop_ns"])
+    line = {"bench": "oplog", **{k: round(v, 1) for k, v in best.items()},
+            "added_ns_mean": round(added[0], 1), "added_ns_ci": [round(added[1], 1), round(added[2], 1)],
+            "number": number, "repeats": repeats,
+            "headline": f"recording an operation adds {added[0]:.0f} ns [{added[1]:.0f}, {added[2]:.0f}] "
+                        f"(best of {repeats}: {best['added_ns']:.0f} ns)"}
+    return finish(line, p, quick=args.quick, details={"ns": each, "loadavg": os.getloadavg()})
 
 
 def _noop():
@@ -71,4 +87,4 @@ def _noop():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -63,6 +63,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import finish  # noqa: E402
+
 K = 2
 MS = (1, 2, 4, 8)
 
@@ -297,16 +300,17 @@ def summarize(ranks: list[dict], args) -> dict:
     return out
 
 
-def main() -> None:
+#: the documented run's settings (the options below default to these)
+PROTOCOL = {"stages": 2, "microbatches": [1, 2, 4, 8], "repeats": 3, "width": 1024, "layers": 8,
+            "batch": 1024, "steps": 12, "warmup": 2, "pingpong": 10,
+            "statistic": "per stage and M: median over measured steps, then median over repeats"}
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke check: width 512, 4 layers, 1 repeat")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--width", type=int, default=1024)
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--pingpong", type=int, default=10)
+    for key in ("repeats", "width", "layers", "batch", "steps", "warmup", "pingpong"):
+        ap.add_argument(f"--{key}", type=int, default=PROTOCOL[key])
     ap.add_argument("--pin", type=int, default=0, help="1: pin stage r to CPU core r")
     ap.add_argument("--place-threads", choices=("auto", "off"), default="auto",
                     help="gloo thread placement, as [comm] place_threads (default auto)")
@@ -315,7 +319,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         child(args)
-        return
+        return 0
     signal.signal(signal.SIGTERM, _on_term)
     if args.quick:
         args.repeats, args.width, args.layers, args.batch, args.steps = 1, 512, 4, 256, 4
@@ -327,7 +331,7 @@ def main() -> None:
     err_nb = max(abs(v - predicted(m)) for m in MS for v in s["not_busy_by_stage"][str(m)])
     t1 = s["throughput"]["1"]
     print(json.dumps(s, indent=1), file=sys.stderr)
-    print(json.dumps({
+    line = {
         "bench": "pipeline", "K": K, "batch": args.batch, "width": args.width, "layers": args.layers,
         "repeats": args.repeats, "steps": args.steps,
         "bubble": bubble, "predicted": pred, "max_abs_error": round(err, 4),
@@ -339,8 +343,14 @@ def main() -> None:
         "predicted_throughput_vs_m1": {str(m): round(K * m / (m + K - 1), 3) for m in MS},
         "bounds": s["bounds"], "time_share": s["time_share"],
         "concurrent_compute_slowdown": [round(v, 3) for v in ranks[0]["concurrency"]],
-    }))
+    }
+    line["headline"] = (f"bubble within {err:.4f} of GPipe's (K−1)/(M+K−1) "
+                        f"(K = {K}, M = {', '.join(map(str, MS))}; medians of {args.repeats} repeats)")
+    protocol = {**PROTOCOL, **{k: getattr(args, k) for k in ("repeats", "width", "layers", "batch",
+                                                             "steps", "warmup", "pingpong")}}
+    return finish(line, protocol, quick=args.quick,
+                  details={"summary": s, "loadavg": os.getloadavg()})
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -30,7 +30,11 @@ The server prints progress every ``--progress-s`` seconds. Not run in CI::
     python bench/ps_soak.py --quick                  # about 30 s, same code path
     python bench/ps_soak.py --minutes 3
 
-Ends with one JSON line (docs/design.md §5): ``{"bench": "ps_soak", ...}``.
+Ends with one JSON line (docs/design.md §5): ``{"bench": "ps_soak", ..., "headline": ...}``
+and writes ``bench/results/ps_soak.json`` (``bench/common.py``). It is one long run, a
+check (exactly once, bounded memory, steady cost) rather than an estimate: no seeds.
+``PROTOCOL`` holds the defaults of the documented run; the options override them and the
+command recorded beside the result says which.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import finish  # noqa: E402
 
 WORKERS = 4
 
@@ -157,22 +164,27 @@ def _growth(samples: list[tuple[float, float]], seconds: float) -> float:
     return samples[-1][1] - after[0]
 
 
-def main() -> None:
+PROTOCOL = {"workers": 4, "minutes": 10.0, "numel": 512, "pull_every": 4, "staleness": 4,
+            "progress_s": 30.0, "rss_bound_mb": 32.0, "steady_ratio": 0.5}
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="about 30 s (same code path)")
-    ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--numel", type=int, default=512, help="values per push (float64)")
-    ap.add_argument("--pull-every", type=int, default=4)
-    ap.add_argument("--staleness", type=int, default=4, help="SSP staleness bound")
-    ap.add_argument("--progress-s", type=float, default=30.0, help="seconds between progress lines")
-    ap.add_argument("--rss-bound-mb", type=float, default=32.0)
-    ap.add_argument("--steady-ratio", type=float, default=0.5)
+    ap.add_argument("--minutes", type=float, default=PROTOCOL["minutes"])
+    ap.add_argument("--numel", type=int, default=PROTOCOL["numel"], help="values per push (float64)")
+    ap.add_argument("--pull-every", type=int, default=PROTOCOL["pull_every"])
+    ap.add_argument("--staleness", type=int, default=PROTOCOL["staleness"], help="SSP staleness bound")
+    ap.add_argument("--progress-s", type=float, default=PROTOCOL["progress_s"],
+                    help="seconds between progress lines")
+    ap.add_argument("--rss-bound-mb", type=float, default=PROTOCOL["rss_bound_mb"])
+    ap.add_argument("--steady-ratio", type=float, default=PROTOCOL["steady_ratio"])
     ap.add_argument("--child", metavar="PREFIX", help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child, args.seconds, args.numel, args.pull_every, args.staleness, args.progress_s)
-        return
+        return 0
     if args.quick:
         args.minutes, args.progress_s = 0.5, 3.0
     if args.numel < 2 * WORKERS:
@@ -227,7 +239,7 @@ def main() -> None:
     ok = exactly_once and server_growth <= args.rss_bound_mb and worker_growth <= args.rss_bound_mb and steady
     print(f"ps_soak: windows of {args.progress_s:g} s, pushes/s: {[round(r) for r in rates]}, "
           f"server CPU us/push: {[round(c) for c in costs]}", file=sys.stderr)
-    print(json.dumps({
+    line = {
         "bench": "ps_soak", "ok": ok, "minutes": round(server["seconds"] / 60, 2), "workers": WORKERS,
         "numel": args.numel, "pace": f"ssp{args.staleness}", "pull_every": args.pull_every,
         "pushes": sum(pushes), "pulls": report["pulls"],
@@ -244,8 +256,18 @@ def main() -> None:
         "server_rss_mb": round(server["rss_end_mb"], 1), "server_rss_growth_mb": round(server_growth, 2),
         "worker_rss_growth_mb_max": round(worker_growth, 2), "rss_bound_mb": args.rss_bound_mb,
         "loadavg_start": load_start, "loadavg_end": round(os.getloadavg()[0], 2),
-    }))
+    }
+    line["headline"] = (f"{sum(pushes):,} pushes in {server['seconds'] / 60:.1f} min, "
+                        + ("exactly once" if exactly_once else f"{lost} lost, {duplicated} duplicated")
+                        + f"; server memory +{server_growth:.2f} MB; "
+                        + ("all checks passed" if ok else "a check FAILED"))
+    protocol = {**PROTOCOL, "minutes": args.minutes, "numel": args.numel,
+                "pull_every": args.pull_every, "staleness": args.staleness,
+                "progress_s": args.progress_s, "rss_bound_mb": args.rss_bound_mb,
+                "steady_ratio": args.steady_ratio}
+    return finish(line, protocol, quick=args.quick,
+                  details={"rates": rates, "cpu_us_per_push": costs, "loadavg": os.getloadavg()})
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
