@@ -122,6 +122,16 @@ def render(results: Path = RESULTS, notes: Path = NOTES, page: Path = PAGE) -> s
         summary.append(f"| [{cell(title)}](#{anchor(heading)}) | {cell(headline)} | "
                        f"`{record['command']}` |")
         sections.append(text)
+    published = {json.loads(p.read_text())["bench"] for p in results.glob("*.json")}
+    for note_file in sorted(notes.glob("*.md")):     # a protocol written, its run not made
+        if note_file.stem in published:
+            continue
+        heading, _, body = note_file.read_text().strip().partition("\n")
+        title = re.sub(r"\s*\(`bench/[^)]*\)\s*$", "", heading[3:]).strip()
+        summary.append(f"| [{cell(title)}](#{anchor(heading)}) | no result under this protocol "
+                       f"yet | `python bench/{note_file.stem}.py` |")
+        sections.append(f"{heading}\n\n**No result under this protocol yet** (earlier figures: "
+                        f"[benchmarks-history.md](benchmarks-history.md)).\n\n{body.strip()}\n")
     parts = [HEADER]
     if summary:
         parts.append("| bench | headline | command |\n|---|---|---|\n" + "\n".join(summary) + "\n")
