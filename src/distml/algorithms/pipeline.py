@@ -10,7 +10,7 @@ is cut into M micro-batches; torch.distributed.pipelining runs the schedule over
 Transport's process group. The communicated content is activations (forward) and
 their gradients (backward). Every send and receive the schedule posts is counted on
 the transport as op ``pipeline_p2p`` from the point-to-point operations themselves
-(:func:`distml.comm.counted.counted_stage`: the stage's ``get_*_ops`` return them), and the schedule's
+(:func:`counted_stage`: the stage's ``get_*_ops`` return them), and the schedule's
 time outside this stage's forward, backward and loss (posting, waiting for the
 neighbouring stages, their bubbles) is booked as that op's communication time. Only
 torch's one-off warm-up vote (two 4-byte tensors per neighbour at the first step)
@@ -39,13 +39,74 @@ from torch import nn
 from distml.algorithms._sequential import flat, sequential_of, unflat
 from distml.algorithms.base import Algorithm, Supports
 from distml.algorithms.registry import ALGORITHMS
-from distml.comm.counted import P2P_OP, counted_stage
+from distml.comm.transport import is_send
 from distml.errors import ConfigError
 from distml.optim import build_optimizer, build_schedule, needs_closure
 from distml.partition import PARTITIONS, make_loader
 from distml.partition.blocks import balance as balance_blocks
 from distml.partition.steps import batches, total_steps
 from distml.registry import split_spec
+
+#: the transport counter of the pipeline stages' sends and receives
+P2P_OP = "pipeline_p2p"
+
+
+def counted_stage(stats, *args, **kwargs):
+    """A ``torch.distributed.pipelining.PipelineStage`` that accounts for its traffic.
+
+    The schedule asks the stage for the point-to-point operations of each micro-batch
+    (``get_fwd_recv_ops`` and the three others) and posts exactly those, so their
+    tensors' sizes are the bytes on the wire: each is recorded in ``stats`` as
+    :data:`P2P_OP` (sent for an ``isend``, received for an ``irecv``). The stage also
+    adds up the seconds of its own forward, backward and loss (``compute_seconds``), so
+    the step can book the rest of the schedule's time as communication.
+    """
+    from torch.distributed.pipelining import PipelineStage
+
+    class CountedStage(PipelineStage):
+        compute_seconds = 0.0
+
+        def _count(self, ops):
+            for op in ops:
+                n = op.tensor.numel() * op.tensor.element_size()
+                sent = is_send(op)
+                stats.record(P2P_OP, n if sent else 0, 0 if sent else n)
+            return ops
+
+        def _computing(self, fn, *a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.compute_seconds += time.perf_counter() - t0
+
+        def timed(self, loss_fn):
+            """``loss_fn`` with its seconds counted as this stage's compute."""
+            return lambda *a, **kw: self._computing(loss_fn, *a, **kw)
+
+        def get_fwd_recv_ops(self, chunk):
+            return self._count(super().get_fwd_recv_ops(chunk))
+
+        def get_fwd_send_ops(self, chunk):
+            return self._count(super().get_fwd_send_ops(chunk))
+
+        def get_bwd_recv_ops(self, chunk):
+            return self._count(super().get_bwd_recv_ops(chunk))
+
+        def get_bwd_send_ops(self, chunk):
+            return self._count(super().get_bwd_send_ops(chunk))
+
+        def forward_one_chunk(self, *a, **kw):
+            return self._computing(super().forward_one_chunk, *a, **kw)
+
+        def backward_one_chunk(self, *a, **kw):
+            return self._computing(super().backward_one_chunk, *a, **kw)
+
+        def backward_weight_one_chunk(self, *a, **kw):
+            return self._computing(super().backward_weight_one_chunk, *a, **kw)
+
+    return CountedStage(*args, **kwargs)
+
 
 SCHEDULES = ("gpipe", "1f1b")
 BALANCES = ("params", "time")

@@ -12,7 +12,7 @@ split the same way per block: q, k, v and the MLP's first Linear by columns — 
 attention heads per rank — and the attention output and the MLP's second Linear by
 rows; embeddings, LayerNorms and the tied head stay replicated. Every rank reads the
 same batch. The collectives are torch's (DTensor); the training step runs inside
-:class:`~distml.comm.counted.CountedCollectives`, which counts each of them on the
+:class:`CountedCollectives`, which counts each of them on the
 transport as op ``tensor_parallel`` with its time as communication (forward: the
 row-parallel outputs' all-reduces; backward: the column-parallel inputs' gradients,
 where the input needs one).
@@ -21,16 +21,18 @@ where the input needs one).
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from distml.algorithms._sequential import sequential_of
 from distml.algorithms.base import Algorithm, Supports
 from distml.algorithms.registry import ALGORITHMS
 from distml.comm.buffers import copy_buffers
-from distml.comm.counted import CountedCollectives
+from distml.comm.transport import nbytes
 from distml.errors import ConfigError
 from distml.optim import build_optimizer, build_schedule, needs_closure
 from distml.partition import PARTITIONS, make_loader
@@ -75,6 +77,57 @@ def tp_plan(model: nn.Module, degree: int) -> tuple[nn.Module, dict[str, str]]:
                               f"divisible by the {degree} workers")
         plan[col], plan[row] = "colwise", "rowwise"
     return seq, plan
+
+
+_FUNCOL = torch.ops._c10d_functional
+
+
+class CountedCollectives(TorchDispatchMode):
+    """Count the functional collectives run inside the ``with`` block on ``stats`` as ``op``.
+
+    Bytes follow the transport's convention (docs/design.md §5): an all-reduce sends and
+    receives its input; an all-gather sends its shard and receives the others'
+    (``world - 1`` shards); a reduce-scatter sends its input and receives one
+    ``1/world`` share; an all-to-all sends and receives its input. Time is the time
+    inside the collective calls and inside the waits on their results
+    (``wait_tensor``): with gloo the collective runs on a background thread and the wait
+    is where the step blocks on it.
+
+    DTensor lowers a sharded layer's redistributions to these ops, so a mode entered
+    around the training step sees every byte tensor parallelism moves, forward and
+    backward (dispatch modes follow the autograd engine into the backward pass). Build
+    one per run and enter it at every step.
+    """
+
+    def __init__(self, stats, op: str, world_size: int):
+        from torch.distributed.tensor import DTensor   # half a second: only where it is used
+
+        super().__init__()
+        self.stats, self.op, self._dtensor = stats, op, DTensor
+        w = world_size           # (sent, received) for an input of n bytes
+        self._sizes = {
+            _FUNCOL.all_reduce.default: lambda n: (n, n),
+            _FUNCOL.all_reduce_.default: lambda n: (n, n),
+            _FUNCOL.all_gather_into_tensor.default: lambda n: (n, n * (w - 1)),
+            _FUNCOL.reduce_scatter_tensor.default: lambda n: (n, n // w),
+            _FUNCOL.all_to_all_single.default: lambda n: (n, n),
+        }
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self._dtensor in types:
+            # let DTensor lower the op first (a mode runs before tensor subclasses); the
+            # collectives it lowers to come back through this mode
+            return NotImplemented
+        size = self._sizes.get(func)
+        if size is None and func is not _FUNCOL.wait_tensor.default:
+            return func(*args, **kwargs)
+        t0 = time.perf_counter()
+        out = func(*args, **kwargs)
+        sent, received = size(nbytes(args[0])) if size is not None else (0, 0)
+        self.stats.record(self.op, sent, received, time.perf_counter() - t0,
+                          calls=1 if size is not None else 0)
+        return out
 
 
 @ALGORITHMS.register("tensor_parallel", topology="collective (all-reduce of activations)",

@@ -5,8 +5,8 @@ byte is counted (per operation kind), every wait has a timeout, and a dead peer 
 into a :class:`~distml.errors.PeerError` instead of a hang. Algorithms never import
 ``torch.distributed``; the model-parallel ones may take :attr:`Transport.group` for
 torch's own pipelining / tensor-parallel modules, whose traffic
-:mod:`distml.comm.counted` counts on this transport's stats (it uses torch's stage and
-DTensor classes, never ``torch.distributed``'s calls: :func:`is_send` is here).
+those algorithms count on this transport's stats (pipeline's ``counted_stage``,
+tensor_parallel's ``CountedCollectives``; :func:`is_send` and :func:`nbytes` are here).
 
 Bytes follow docs/design.md §5: ``sent`` is the payload a rank hands to the transport (its
 all-reduce input, its sends), ``received`` is what it gets back; the collective's
