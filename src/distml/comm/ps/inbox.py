@@ -13,16 +13,29 @@ Ordering is unchanged: messages between two ranks on one tag arrive in order, an
 receives are posted in the order of their headers, so every payload is matched to its own
 header (the exactly-once accounting of :class:`~distml.comm.ps.server.ServerLoop` holds).
 No receive is left posted once every worker said ``DONE``: a worker sends nothing after it.
+
+Watching for lost workers (``[faults] on_worker_loss = "continue"``): gloo's any-source
+receive does not fail when one of its possible senders dies (only a timeout ends it, and
+a timed-out receive cannot be waited on again), so with a ``watch`` the header receive is
+waited on in a helper thread while this one calls ``watch()`` every :data:`WATCH_S`
+seconds; ``watch`` raises when the launcher has named a dead worker. The wait stays
+pending and the next :meth:`Inbox.next` picks it up again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import torch
 
 from distml.comm.ps.wire import DONE, FLAG_COMPRESSED, PUSH, TAG_HEADER, TAG_PAYLOAD, Header, empty_header
 from distml.errors import PeerError
+
+#: how often a watching inbox asks whether a worker died while it waits for a header
+WATCH_S = 0.02
 
 
 @dataclass
@@ -50,9 +63,12 @@ class Inbox:
         workers: the ranks that send requests (each ends with a ``DONE``).
         like: the shard's parameters (an uncompressed push has their size and dtype).
         shard: this shard's index (error messages).
+        watch: called while waiting for a header; raises to interrupt the wait (a worker
+            died); None waits in this thread.
     """
 
-    def __init__(self, transport, workers: list[int], like: torch.Tensor, shard: int):
+    def __init__(self, transport, workers: list[int], like: torch.Tensor, shard: int,
+                 watch: Callable[[], None] | None = None):
         self.t, self.numel, self.shard = transport, like.numel(), shard
         self.sending = set(workers)                    # workers that have not said DONE
         self._headers = [empty_header(), empty_header()]
@@ -62,6 +78,9 @@ class Inbox:
         self._header_handle = None                     # the posted any-source header receive
         self._ahead: _Posted | None = None             # the next request, its payload on its way
         self.bytes_in = 0
+        self.watch = watch
+        self._waiter: ThreadPoolExecutor | None = None
+        self._waiting: Future | None = None            # the header wait in the helper thread
 
     def _post_header(self) -> None:
         if self.sending and self._header_handle is None:
@@ -69,7 +88,7 @@ class Inbox:
 
     def _take_header(self, timeout_s: float | None) -> _Posted:
         """Wait for the posted header, post its payload receive, then the next header's."""
-        sender = self._header_handle.wait(timeout_s)
+        sender = self._wait_header(timeout_s)
         raw = self._headers[self._turn]
         self._header_handle, self._turn = None, 1 - self._turn
         h = Header.decode(raw)
@@ -82,6 +101,38 @@ class Inbox:
             self.sending.discard(sender)
         self._post_header()
         return _Posted(sender, h, payload, handle)
+
+    def _wait_header(self, timeout_s: float | None) -> int:
+        if self.watch is None:
+            return self._header_handle.wait(timeout_s)
+        if self._waiting is None:
+            if self._waiter is None:
+                self._waiter = ThreadPoolExecutor(1, thread_name_prefix="ps-inbox")
+            self._waiting = self._waiter.submit(self._header_handle.wait, timeout_s)
+        while True:
+            try:
+                sender = self._waiting.result(timeout=WATCH_S)
+                break
+            except FutureTimeout:
+                self.watch()         # raises if a worker died: this wait stays pending
+            except BaseException:
+                self._waiting = None
+                raise
+        self._waiting = None
+        return sender
+
+    def forget(self, senders: set[int]) -> None:
+        """Workers that died: a request of theirs whose payload is still on its way is
+        dropped whole (a push is applied whole or not at all), and none is expected."""
+        self.sending -= senders
+        if self._ahead is not None and self._ahead.sender in senders:
+            self._ahead = None
+
+    def close(self) -> None:
+        """Leave the helper thread behind (its wait ends with the abandoned group's timeout)."""
+        if self._waiter is not None:
+            self._waiter.shutdown(wait=False)
+            self._waiter, self._waiting = None, None
 
     def _payload_buffer(self, sender: int, h: Header) -> torch.Tensor:
         if h.length != self.numel:
