@@ -11,7 +11,8 @@ two runs start together (one wall-clock wait) and each test reads its own:
   nothing half); ``model.pt`` equals single-process float64 SGD on the concatenated
   batches: three shards for steps 0–4, the survivors' old shards for step 5 (pushed
   before they learnt of the loss), the two survivors' new shards from step 6 on;
-- the server killed: the workers stop with one line naming it (its shard is gone);
+- the server killed (1 worker + 1 server): the worker stops with one line naming it (its
+  shard is gone);
 - configurations that do not regroup are refused before any process starts (exit 2).
 """
 
@@ -35,7 +36,7 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(180)]
 CONFIG = """
 name = "ps-continue"
 seed = 2
-workers = 3
+workers = {workers}
 [data]
 source = {{ name = "synthetic", kind = "gaussian_mixture", n_train = 960, n_test = 200, dim = 8, num_classes = 3, noise = 2.0 }}
 partition = {{ name = "shuffle_split", reshuffle = "global" }}
@@ -60,24 +61,23 @@ log_every = 1
 progress = false
 [faults]
 on_worker_loss = "continue"
-min_workers = 2
+min_workers = {min_workers}
 {faults}
 """
 
 STEPS, AT = 12, 5
-RUNS = {   # name: (max_steps, [faults] lines)
-    "worker": (STEPS, f"crash = {{ rank = 1, step = {AT} }}"),
-    # the server (rank 3) dies 1.5 s after joining, long before the last step
-    "server": (100000, "crash = { rank = 3, after_s = 1.5 }\ncompute_s = 0.01"),
+RUNS = {
+    "worker": dict(workers=3, min_workers=2, steps=STEPS,
+                   faults=f"crash = {{ rank = 1, step = {AT} }}"),
+    # 1 worker: the server is rank 1; it dies 2 s after joining, mid-training
+    "server": dict(workers=1, min_workers=1, steps=100000,
+                   faults="crash = { rank = 1, after_s = 2.0 }\ncompute_s = 0.01"),
 }
 
 
-def write(folder, name: str, algorithm: str = "servers = 1", **changes):
-    steps, faults = RUNS[name]
+def write(folder, name: str, algorithm: str = "servers = 1"):
     path = folder / f"{name}.toml"
-    path.write_text(CONFIG.format(algorithm=algorithm, steps=steps, faults=faults) if not changes
-                    else CONFIG.format(**({"algorithm": algorithm, "steps": steps, "faults": faults}
-                                          | changes)))
+    path.write_text(CONFIG.format(algorithm=algorithm, **RUNS[name]))
     return path
 
 
@@ -134,7 +134,7 @@ def test_server_loss_stops_with_one_line(runs):
     assert code == 1, err[-3000:]
     assert not leftover
     line = [x for x in err.splitlines() if x.startswith("distml: error:")]
-    assert line and "server rank 3 died and the model state it held is lost" in line[0], err[-2000:]
+    assert line and "server rank 1 died and the model state it held is lost" in line[0], err[-2000:]
     assert not (out / "summary.json").exists()
 
 

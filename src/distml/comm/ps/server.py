@@ -143,7 +143,7 @@ class ServerLoop:
         self.membership = membership
         self.regrouping: set[int] = set()              # survivors still to be told to regroup
         self._loss: PeerError | None = None            # the loss being regrouped from
-        self.lost = 0                                  # workers lost so far
+        self.workers_lost = 0
         self._gone: set[int] = set()                   # their ranks, until the new group forms
         self.inbox = self._inbox()
 
@@ -225,7 +225,7 @@ class ServerLoop:
     def _lose(self, dead: list[int]) -> None:
         """Count the survivors only from now on, and tell each to regroup (its pull's reply)."""
         gone = set(dead)
-        self.lost += len(gone)
+        self.workers_lost += len(gone)
         self._gone |= gone
         self.active -= gone
         self.inbox.forget(gone)
@@ -428,5 +428,5 @@ class ServerLoop:
                 "pulls": self.pulls, "rounds": self.round, "max_staleness": self.max_staleness,
                 "delay_max": self.delay_max if self.pace.synchronous else None,
                 "late_pushes": self.late, "eval_paused_seconds": self.paused_seconds,
-                "workers_lost": self.lost,
+                "workers_lost": self.workers_lost,
                 "busy_seconds": self.busy_seconds, "bytes_pushed": self.inbox.bytes_in}
