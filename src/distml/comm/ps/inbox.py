@@ -24,9 +24,8 @@ pending and the next :meth:`Inbox.next` picks it up again.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +54,30 @@ class _Posted:
         self.sender, self.header, self.payload, self.handle = sender, header, payload, handle
 
 
+class _Waiter:
+    """``handle.wait(timeout_s)`` in a daemon thread: ``done`` is set when it returned."""
+
+    def __init__(self, handle, timeout_s: float | None):
+        self.done = threading.Event()
+        self._sender: int | None = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, args=(handle, timeout_s), daemon=True,
+                         name="ps-inbox").start()
+
+    def _run(self, handle, timeout_s) -> None:
+        try:
+            self._sender = handle.wait(timeout_s)
+        except BaseException as e:     # handed to the waiting thread
+            self._error = e
+        finally:
+            self.done.set()
+
+    def result(self) -> int:
+        if self._error is not None:
+            raise self._error
+        return self._sender
+
+
 class Inbox:
     """Receive the server's requests with the next one's receives posted ahead.
 
@@ -79,8 +102,7 @@ class Inbox:
         self._ahead: _Posted | None = None             # the next request, its payload on its way
         self.bytes_in = 0
         self.watch = watch
-        self._waiter: ThreadPoolExecutor | None = None
-        self._waiting: Future | None = None            # the header wait in the helper thread
+        self._waiting: _Waiter | None = None           # the header wait in a helper thread
 
     def _post_header(self) -> None:
         if self.sending and self._header_handle is None:
@@ -106,20 +128,11 @@ class Inbox:
         if self.watch is None:
             return self._header_handle.wait(timeout_s)
         if self._waiting is None:
-            if self._waiter is None:
-                self._waiter = ThreadPoolExecutor(1, thread_name_prefix="ps-inbox")
-            self._waiting = self._waiter.submit(self._header_handle.wait, timeout_s)
-        while True:
-            try:
-                sender = self._waiting.result(timeout=WATCH_S)
-                break
-            except FutureTimeout:
-                self.watch()         # raises if a worker died: this wait stays pending
-            except BaseException:
-                self._waiting = None
-                raise
-        self._waiting = None
-        return sender
+            self._waiting = _Waiter(self._header_handle, timeout_s)
+        while not self._waiting.done.wait(WATCH_S):
+            self.watch()             # raises if a worker died: this wait stays pending
+        waiter, self._waiting = self._waiting, None
+        return waiter.result()
 
     def forget(self, senders: set[int]) -> None:
         """Workers that died: a request of theirs whose payload is still on its way is
@@ -129,10 +142,9 @@ class Inbox:
             self._ahead = None
 
     def close(self) -> None:
-        """Leave the helper thread behind (its wait ends with the abandoned group's timeout)."""
-        if self._waiter is not None:
-            self._waiter.shutdown(wait=False)
-            self._waiter, self._waiting = None, None
+        """Abandon a header wait in progress (its daemon thread stays blocked in the torn-down
+        group until that group's timeout, and never keeps the process from exiting)."""
+        self._waiting = None
 
     def _payload_buffer(self, sender: int, h: Header) -> torch.Tensor:
         if h.length != self.numel:
