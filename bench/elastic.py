@@ -8,7 +8,7 @@ the survivors complete (the new rank 0's stamp), completed steps lost (a step lo
 twice by a survivor), and the final test accuracy against the uninterrupted run's.
 Replacements that join a running group are not implemented: ``join_seconds`` is null.
 
-    python bench/elastic.py [--quick]
+    python bench/elastic.py [--quick] [--algorithms parameter_server,...]
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ from common import finish, interval, paired_ci, table  # noqa: E402
 PROTOCOL = {
     "workers": 4,
     "algorithms": {"sync_sgd": 'name = "sync_sgd"', "local_sgd": 'name = "local_sgd"\nperiod = 4',
-                   "gossip": 'name = "gossip"\ngraph = "ring"'},
+                   "gossip": 'name = "gossip"\ngraph = "ring"',
+                   # BSP, 1 server + the 4 workers (the victim is always a worker)
+                   "parameter_server": 'name = "ps"\nservers = 1\npace = "bsp"'},
     "seeds": [0, 1, 2, 3, 4],
     "quick_seeds": [0],
     "data": {"name": "synthetic", "kind": "gaussian_mixture", "n_train": 8000, "n_test": 2000,
@@ -185,10 +187,17 @@ def main() -> int:
                     "JSON-lines file as it ends")
     ap.add_argument("--from-runs", default=None, help="summarize the records of an earlier "
                     "--runs file instead of running")
+    ap.add_argument("--algorithms", default=None, help="comma-separated subset of "
+                    f"{', '.join(PROTOCOL['algorithms'])} (default: all)")
     args = ap.parse_args()
     seeds = PROTOCOL["quick_seeds"] if args.quick else PROTOCOL["seeds"]
     steps = PROTOCOL["quick_steps"] if args.quick else PROTOCOL["steps"]
     algos = list(PROTOCOL["algorithms"])
+    if args.algorithms:
+        unknown = set(args.algorithms.split(",")) - set(algos)
+        if unknown:
+            ap.error(f"unknown algorithms {sorted(unknown)}; valid: {', '.join(algos)}")
+        algos = [a for a in algos if a in args.algorithms.split(",")]
     loads = [os.getloadavg()]
     if args.from_runs:
         records = [json.loads(x) for x in Path(args.from_runs).read_text().splitlines() if x.strip()]

@@ -26,13 +26,17 @@ def _epochs(loader):
 
 
 def concatenated_sgd(cfg, steps: int, workers: int = 2, accumulate: int = 1,
-                     clip: float | None = None, regroup: tuple[int, int] | None = None):
+                     clip: float | None = None, regroup: tuple[int, int] | None = None,
+                     lost: tuple[int, ...] = ()):
     """One process stepping on the concatenation of every rank's ``accumulate`` batches of
     each step (equal batch sizes: the mean of the means), clipped like the run; returns the
     model and how many steps the clip shortened the gradient.
 
     ``regroup = (k, n)``: from step k on, the data is re-partitioned among n workers, each
     reading its new shard from batch k on (survivors of a worker loss, runtime/elastic.py).
+    ``lost``: the ranks that died before step k while the survivors' step k still ran on
+    their old shards (a parameter server's workers had pushed it before they learnt of the
+    loss): step k averages the survivors' old batches, the new partition starts at k + 1.
     """
     torch.set_num_threads(1)
     source = SOURCES.build(cfg.data.source, seed=cfg.seed)
@@ -42,7 +46,9 @@ def concatenated_sgd(cfg, steps: int, workers: int = 2, accumulate: int = 1,
     opt = build_optimizer(cfg.optim.spec(), model.parameters())
     clipped = 0
     for step in range(steps):
-        if regroup is not None and step == regroup[0]:
+        if regroup is not None and lost and step == regroup[0]:
+            ranks = [r for i, r in enumerate(ranks) if i not in lost]
+        if regroup is not None and step == regroup[0] + (1 if lost else 0):
             ranks = [itertools.islice(r, step * accumulate, None)
                      for r in rank_streams(cfg, source, regroup[1])]
         batches = [b for r in ranks for b in itertools.islice(r, accumulate)]

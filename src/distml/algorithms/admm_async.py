@@ -151,6 +151,8 @@ class AsyncADMM(ParameterServer):
         ValueError: a parameter out of range.
     """
 
+    elastic = False     # its rounds close on a partial barrier: no regroup (ps.py's check)
+
     buffers = "average"     # rank 0's at intermediate evaluations, the workers' mean at the end
     supports = Supports(wrap=False, precisions=LOOP_STEP["precisions"])   # workers: the standard loop
 

@@ -18,6 +18,12 @@ A rank plays one role, each a small class: :class:`PSWorker` (trains, pushes, pu
 rank's role at setup and hands it the runtime's calls, so the runtime sees one Algorithm.
 Subclasses change the worker role (``worker_role``), the rule (``server_rule``) and the
 round policy (``max_delay``), e.g. asynchronous ADMM (``admm_async.py``).
+
+A worker lost (``[faults] on_worker_loss = "continue"``, BSP with one server): the server
+drops it from the pace's count and tells the survivors to regroup through their pulls
+(``comm/ps/server.py``); workers and server form the new group together
+(runtime/elastic.py), the workers re-partition the data and go on from their in-memory
+state. A dead server is not survived: its shard is gone.
 """
 
 from __future__ import annotations
@@ -175,6 +181,18 @@ class PSWorker(Algorithm):
             self._finished = True
         return result
 
+    def regroup(self, transport) -> None:
+        """The survivors' new group (``transport``: the workers'; its parent, the world with
+        the servers after them): talk to the servers under their new ranks. The push in
+        flight reached the server before its pull was answered: nothing is resent."""
+        super().regroup(transport)
+        world, plan = transport.parent, self.plan
+        plan.transport, plan.ps_transport, plan.workers_transport = world, world, transport
+        plan.workers = transport.world_size
+        plan.server_ranks = list(range(plan.workers, world.world_size))
+        self.client = PSClient(world, plan.server_ranks, plan.bounds, encoder=self.client.encoder)
+        self._push_h = None
+
     def state_dict(self) -> dict[str, Any]:
         """A worker's PS state; asking for it makes every server save its shard at this step."""
         self._wait_push()
@@ -230,9 +248,10 @@ class PSServer(Algorithm):
         workers = list(range(plan.workers))
         shard = self.rule.params
         decoder = None if plan.codec is None else PushDecoder(plan.codec, shard, workers)
+        membership = None if loop.survivors is None else ServerMembership(loop)
         server = ServerLoop(plan.ps_transport, self.index, shard, workers, plan.pace, self.rule,
                             quorum=plan.quorum, save=loop.checkpoints.write,
-                            max_delay=plan.max_delay, decoder=decoder)
+                            max_delay=plan.max_delay, decoder=decoder, membership=membership)
         if loop.resume_requested:
             step = loop.checkpoints.latest_step()
             if step is not None:
@@ -245,6 +264,33 @@ class PSServer(Algorithm):
     def rank_metrics(self) -> dict[str, Any]:
         """The server's counters (``comm/ps``)."""
         return {"role": "server", **self._report}
+
+
+class ServerMembership:
+    """A server's view of the worker group under ``on_worker_loss = "continue"``: the
+    :class:`~distml.comm.ps.server.Membership` the server loop takes, over the loop's
+    ``survivors`` (runtime/elastic.py), which knows the launch ranks and the store.
+
+    Args:
+        loop: the server's loop (its ``transport`` and ``rank`` become the new group's).
+    """
+
+    def __init__(self, loop):
+        self.loop = loop
+
+    def lost(self, error=None) -> list[int]:
+        s = self.loop.survivors
+        dead = s.dead_now() if error is None else s.wait_dead(error)
+        s.check_servers(dead)           # a dead server: its shard is gone, stop
+        return [s.members.index(r) for r in dead]
+
+    def regroup(self, error):
+        s = self.loop.survivors
+        before = list(s.members)
+        world, _, _, _ = s.rejoin(self.loop.transport, error)
+        workers = [r for r in s.members if r not in s.servers]
+        self.loop.transport, self.loop.rank = world, world.rank
+        return world, {before.index(r): s.members.index(r) for r in workers}
 
 
 @ALGORITHMS.register("ps", topology="parameter server", pace="bsp | asp | ssp | quorum",
@@ -275,6 +321,7 @@ class ParameterServer(Algorithm):
 
     owns_loop = True
     synchronous_eval = False       # the pace, not an evaluation barrier, keeps workers in step
+    elastic = True                 # BSP with one server: check_config refuses the rest
     #: bounded delay of the server's rounds (late pushes join the open round); None drops them
     max_delay: int | None = None
 
@@ -322,9 +369,32 @@ class ParameterServer(Algorithm):
             raise ConfigError(f"ps: the ssp pace bounds staleness only when every push is followed "
                               f"by a pull: pull_every ({self.pull_every}) must divide push_every "
                               f"({self.push_every})")
+        if config.faults.on_worker_loss == "continue" and self.elastic:
+            self._check_continue(config)
         if self.quorum is not None and self.quorum > config.workers:
             raise ConfigError(f"algorithm.quorum must be in [1, {config.workers}] (the workers), "
                               f"got {self.quorum}")
+
+    def _check_continue(self, config) -> None:
+        """``on_worker_loss = "continue"``: the configurations whose recovery is exact."""
+        why = None
+        if self.pace.name != "bsp" or self.quorum is not None or self.max_delay is not None:
+            why = ("only the bsp pace without a quorum regroups (ssp/asp workers are at "
+                   "different steps; a quorum's closed rounds count workers)")
+        elif self.servers != 1:
+            why = ("only one server (a worker dying between its pushes to two servers would "
+                   "leave its last gradient on some shards only)")
+        elif self.push_kind != "gradients" or self.push_every != 1 or self.pull_every != 1:
+            why = ("only push = 'gradients' with push_every = pull_every = 1 (a step's pull "
+                   "is then its only communication after the push)")
+        elif self.codec is not None:
+            why = "not with comm.codec (the server's decoding state is kept per worker rank)"
+        elif config.train.checkpoint_every:
+            why = ("not with train.checkpoint_every (a checkpoint's barrier among the workers "
+                   "would wait for the dead one)")
+        if why is not None:
+            raise ConfigError(f"ps with faults.on_worker_loss = 'continue': {why}; change it or "
+                              "set faults.on_worker_loss = 'stop'")
 
     # ---- setup: the rank's role -------------------------------------------------------------
     def setup(self, model, optimizer, transport) -> None:
@@ -366,6 +436,9 @@ class ParameterServer(Algorithm):
     # ---- the runtime's calls, handed to the role ---------------------------------------------
     def run(self, loop):
         return self.role.run(loop)
+
+    def regroup(self, transport) -> None:
+        self.role.regroup(transport)
 
     def loss_terms(self, model):
         return self.role.loss_terms(model)

@@ -192,6 +192,7 @@ class Transport:
         self._subgroups: list[Transport] = []
         self.store = None       # the rendezvous store this world met through (rejoin)
         self.backend_name = "gloo"
+        self.parent: Transport | None = None     # the transport a subgroup was made from
 
     # ---- lifecycle -------------------------------------------------------------------
     @classmethod
@@ -581,6 +582,7 @@ class Transport:
         sub = Transport(ranks.index(self.global_rank), len(ranks), self.timeout.total_seconds(),
                         group=pg, stats=self.stats, latency_ms=self.latency_s * 1000,
                         global_ranks=ranks, oplog=self.oplog)
+        sub.store, sub.backend_name, sub.parent = self.store, self.backend_name, self
         self._subgroups.append(sub)
         return sub
 

@@ -44,6 +44,9 @@ EXIT_KEY = "distml/exit/{rank}"
 DEAD_PEER_WAIT_S = 5.0
 #: the phrase every "too few workers left" error carries (the launcher reports it first)
 BELOW_MIN_WORKERS = "fewer than faults.min_workers"
+#: the phrase of the error when a rank that is no worker (a parameter server) died: the
+#: state it held is gone, nothing can continue (the launcher reports it first)
+LOST_SERVER = "the model state it held is lost"
 
 
 @dataclass
@@ -68,26 +71,42 @@ class Survivors:
         launch_rank: this worker's rank at launch (the name the launcher and logs use).
         world: workers at launch.
         min_workers: ``[faults] min_workers``.
+        servers: the last ``servers`` ranks of the world are no workers (a parameter
+            server's servers): they take part in every new group, after the workers, and
+            their death cannot be survived (the shard of the model they held is gone).
     """
 
-    def __init__(self, store, launch_rank: int, world: int, min_workers: int):
+    def __init__(self, store, launch_rank: int, world: int, min_workers: int, servers: int = 0):
         self.store = store
         self.launch_rank = launch_rank
         self.members = list(range(world))   # launch ranks, in the order of their group ranks
+        self.servers = list(range(world - servers, world))
         self.min_workers = min_workers
         self.changes: list[MembershipChange] = []
+        self.generation = 0                 # new groups formed so far (their store prefixes)
 
-    def _dead(self, error: PeerError) -> list[int]:
+    def dead_now(self) -> list[int]:
+        """The other members the launcher has seen die so far (no wait)."""
+        keys = {r: EXIT_KEY.format(rank=r) for r in self.members if r != self.launch_rank}
+        return [r for r, k in keys.items() if self.store.check([k])]
+
+    def wait_dead(self, error: PeerError) -> list[int]:
         """The members the launcher saw die; re-raises ``error`` if it names none in time."""
         deadline = time.monotonic() + DEAD_PEER_WAIT_S
         while True:
-            keys = {r: EXIT_KEY.format(rank=r) for r in self.members if r != self.launch_rank}
-            dead = [r for r, k in keys.items() if self.store.check([k])]
+            dead = self.dead_now()
             if dead:
                 return dead
             if time.monotonic() > deadline:
                 raise error      # nobody died: a partition or a hang, not a worker loss
             time.sleep(0.01)
+
+    def check_servers(self, dead: list[int]) -> None:
+        """Raise if a server is among ``dead``: the shard it held is gone with it."""
+        lost = [r for r in dead if r in self.servers]
+        if lost:
+            raise PeerError(f"rank {self.launch_rank}: server rank {lost[0]} died and {LOST_SERVER} "
+                            "(faults.on_worker_loss = 'continue' survives workers only); stopping")
 
     def recover(self, loop, error: PeerError, done: int, applied: bool) -> int:
         """Regroup after ``error`` and return the step every survivor continues from.
@@ -99,26 +118,11 @@ class Survivors:
             applied: the step in flight (``done``) already applied its optimizer step.
 
         Raises:
-            PeerError: nobody died (the original error), fewer than ``min_workers`` are
-                left, or the survivors could not meet.
+            PeerError: nobody died (the original error), a server died, fewer than
+                ``min_workers`` are left, or the survivors could not meet.
         """
         t0, failed_at = time.perf_counter(), time.time()
-        old = loop.transport
-        _drop_frames(error)   # they hold the work items in flight, which hold the connections
-        old.leave_broken()    # our connections close: survivors blocked on us fail now too
-        marks = [time.perf_counter()]
-        dead = self._dead(error)
-        marks.append(time.perf_counter())
-        survivors = [r for r in self.members if r not in dead]
-        left = ", ".join(f"rank {r}" for r in dead)
-        if len(survivors) < self.min_workers:
-            raise PeerError(f"rank {self.launch_rank}: {len(survivors)} worker(s) left after "
-                            f"{left} died, {BELOW_MIN_WORKERS} = {self.min_workers}; stopping")
-        generation = len(self.changes) + 1
-        new = old.rejoin(survivors.index(self.launch_rank), len(survivors),
-                         f"distml/elastic/{generation}/")
-        self.members = survivors
-        marks.append(time.perf_counter())
+        _, new, dead, marks = self.rejoin(loop.transport, error)
         views = new.all_gather_json([done, applied, failed_at])
         # the most advanced rank leads: most steps, then a completed one over one in flight
         lead = max(range(len(views)), key=lambda r: (views[r][0], not views[r][1], -r))
@@ -134,15 +138,48 @@ class Survivors:
         marks.append(time.perf_counter())
         phases = dict(zip(("leave", "dead", "rejoin", "agree"),
                           (round(b - a, 4) for a, b in zip([t0, *marks], marks))))
-        change = MembershipChange(step=step, left=dead, workers=len(survivors),
+        change = MembershipChange(step=step, left=dead, workers=new.world_size,
                                   recovery_seconds=time.perf_counter() - t0,
                                   failed_at=min(v[2] for v in views), resumed_at=time.time(),
                                   phases=phases)
         self.changes.append(change)
         log.warning("membership: %s left; continuing with %d workers from step %d "
-                    "(recovered in %.2f s: %s)", left, len(survivors), step,
-                    change.recovery_seconds, phases)
+                    "(recovered in %.2f s: %s)", ", ".join(f"rank {r}" for r in dead),
+                    new.world_size, step, change.recovery_seconds, phases)
         return step
+
+    def rejoin(self, old, error: PeerError):
+        """Leave the broken group and form the survivors' new one (steps 1–3 above).
+
+        Every survivor calls it, workers and servers alike. Returns ``(world, workers,
+        dead, marks)``: the new group of every survivor, the transport of the workers
+        among them (the world itself when there are no servers; None on a server), the
+        launch ranks that died, and the ``perf_counter`` time after each phase.
+
+        Raises:
+            PeerError: nobody died (the original error), a server died, or fewer than
+                ``min_workers`` workers are left.
+        """
+        _drop_frames(error)   # they hold the work items in flight, which hold the connections
+        old.leave_broken()    # our connections close: survivors blocked on us fail now too
+        marks = [time.perf_counter()]
+        dead = self.wait_dead(error)
+        marks.append(time.perf_counter())
+        survivors = [r for r in self.members if r not in dead]
+        left = ", ".join(f"rank {r}" for r in dead)
+        self.check_servers(dead)
+        workers = len(survivors) - len(self.servers)
+        if workers < self.min_workers:
+            raise PeerError(f"rank {self.launch_rank}: {workers} worker(s) left after "
+                            f"{left} died, {BELOW_MIN_WORKERS} = {self.min_workers}; stopping")
+        self.generation += 1
+        world = old.rejoin(survivors.index(self.launch_rank), len(survivors),
+                           f"distml/elastic/{self.generation}/")
+        # every rank of the world takes part in making the workers' group (servers too)
+        group = world.subgroup(range(workers)) if self.servers else world
+        self.members = survivors
+        marks.append(time.perf_counter())
+        return world, group, dead, marks
 
     def step_completed(self) -> None:
         """The loop completed a step: stamp the first one after the last change."""

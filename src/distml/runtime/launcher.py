@@ -30,7 +30,7 @@ from typing import Any
 from distml.comm.transport import Transport
 from distml.errors import PeerError, UserError
 from distml.runtime.checkpoint import Checkpoints
-from distml.runtime.elastic import BELOW_MIN_WORKERS, EXIT_KEY
+from distml.runtime.elastic import BELOW_MIN_WORKERS, EXIT_KEY, LOST_SERVER
 from distml.runtime.hang import HangCollector
 from distml.runtime.live import live_view, without_progress_bar
 from distml.runtime.worker import EXIT_USER, Rendezvous, WorkerJob, run_worker_process
@@ -290,7 +290,7 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
                   file=sys.stderr, flush=True)
         return
     if failed:
-        below = [e for e in failed if BELOW_MIN_WORKERS in e.line]
+        below = [e for e in failed if BELOW_MIN_WORKERS in e.line or LOST_SERVER in e.line]
         raise LaunchFailed(below[0] if below else _first_cause(failed), failed)
 
 
@@ -348,7 +348,7 @@ def _is_loss(e: WorkerExit) -> bool:
     """A worker that died on its own (killed, crashed), which survivors may outlive; not a
     user error (which would fail everywhere) and not a survivor's own failure."""
     return e.code not in (0, EXIT_USER) and not _is_peer_echo(e.line) \
-        and BELOW_MIN_WORKERS not in e.line
+        and BELOW_MIN_WORKERS not in e.line and LOST_SERVER not in e.line
 
 
 def _first_cause(failed: list[WorkerExit]) -> WorkerExit:

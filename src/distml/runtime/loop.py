@@ -154,7 +154,7 @@ class TrainLoop:
     def regrouped(self) -> bool:
         """A worker was lost and the survivors went on: mid-run checkpoints stop (a resume
         would restart the original number of workers from the smaller group's files)."""
-        return self.survivors is not None and bool(self.survivors.changes)
+        return self.survivors is not None and self.survivors.generation > 0
 
     def resume(self) -> list[float]:
         """Restore the latest committed checkpoint, if any; returns the loss window."""

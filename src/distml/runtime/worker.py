@@ -160,7 +160,8 @@ def train_joined(rank: int, config: RunConfig, parts, transport: Transport, job:
     loop.resume_requested, loop.stop_after = resume, job.stop_after
     if config.faults.on_worker_loss == "continue":
         loop.survivors = Survivors(transport.store, rank, transport.world_size,
-                                   config.faults.min_workers)
+                                   config.faults.min_workers,
+                                   servers=transport.world_size - config.workers)
     if parts.algorithm.owns_loop:
         result = parts.algorithm.run(loop)
     else:
@@ -168,8 +169,9 @@ def train_joined(rank: int, config: RunConfig, parts, transport: Transport, job:
     # after a worker loss the survivors train in a new group, with new ranks (otherwise
     # loop.transport may be a narrowed subgroup, e.g. the parameter server's workers, and
     # the summary below gathers over every process)
-    if loop.regrouped:
-        transport, rank = loop.transport, loop.rank
+    if loop.regrouped:     # the survivors' world (servers included), not the workers' group
+        transport = loop.transport.parent or loop.transport
+        rank = transport.rank
     totals = {"rank": rank, "steps": result.steps, "steps_this_run": result.steps_this_run,
               "wall_seconds_this_run": result.wall_seconds - loop.wall_before,   # after --resume
               "train_loss": result.train_loss,

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, EVAL, FLAG_COMPRESSED, FLAG_STOP, PULL, PUSH,
+from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, EVAL, FLAG_COMPRESSED, FLAG_REGROUP,
+                                 FLAG_STOP, PULL, PUSH,
                                  REPLY, STOP, TAG_HEADER, TAG_PAYLOAD, TAG_REPLY,
                                  TAG_REPLY_PAYLOAD, Header, empty_header)
 from distml.errors import PeerError
@@ -57,6 +58,10 @@ class PullHandle:
             for r in replies:
                 if r.op != REPLY:
                     raise PeerError(f"parameter server sent op {r.op} instead of a pull reply")
+            if any(r.flags & FLAG_REGROUP for r in replies):
+                # the worker loop's regroup takes it from here (runtime/elastic.py)
+                raise PeerError(f"worker rank {self._client.t.global_rank}: a worker died; the "
+                                "parameter server asks the survivors to regroup")
             held = max(r.arg1 for r in replies) / 1e6
             # time a pace rule held the reply is waiting, not communication (docs/design.md §5)
             self._client.t.stats.as_wait("recv", held)

@@ -13,16 +13,28 @@ Ordering is unchanged: messages between two ranks on one tag arrive in order, an
 receives are posted in the order of their headers, so every payload is matched to its own
 header (the exactly-once accounting of :class:`~distml.comm.ps.server.ServerLoop` holds).
 No receive is left posted once every worker said ``DONE``: a worker sends nothing after it.
+
+Watching for lost workers (``[faults] on_worker_loss = "continue"``): gloo's any-source
+receive does not fail when one of its possible senders dies (only a timeout ends it, and
+a timed-out receive cannot be waited on again), so with a ``watch`` the header receive is
+waited on in a helper thread while this one calls ``watch()`` every :data:`WATCH_S`
+seconds; ``watch`` raises when the launcher has named a dead worker. The wait stays
+pending and the next :meth:`Inbox.next` picks it up again.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from distml.comm.ps.wire import DONE, FLAG_COMPRESSED, PUSH, TAG_HEADER, TAG_PAYLOAD, Header, empty_header
 from distml.errors import PeerError
+
+#: how often a watching inbox asks whether a worker died while it waits for a header
+WATCH_S = 0.02
 
 
 @dataclass
@@ -42,6 +54,30 @@ class _Posted:
         self.sender, self.header, self.payload, self.handle = sender, header, payload, handle
 
 
+class _Waiter:
+    """``handle.wait(timeout_s)`` in a daemon thread: ``done`` is set when it returned."""
+
+    def __init__(self, handle, timeout_s: float | None):
+        self.done = threading.Event()
+        self._sender: int | None = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, args=(handle, timeout_s), daemon=True,
+                         name="ps-inbox").start()
+
+    def _run(self, handle, timeout_s) -> None:
+        try:
+            self._sender = handle.wait(timeout_s)
+        except BaseException as e:     # handed to the waiting thread
+            self._error = e
+        finally:
+            self.done.set()
+
+    def result(self) -> int:
+        if self._error is not None:
+            raise self._error
+        return self._sender
+
+
 class Inbox:
     """Receive the server's requests with the next one's receives posted ahead.
 
@@ -50,9 +86,12 @@ class Inbox:
         workers: the ranks that send requests (each ends with a ``DONE``).
         like: the shard's parameters (an uncompressed push has their size and dtype).
         shard: this shard's index (error messages).
+        watch: called while waiting for a header; raises to interrupt the wait (a worker
+            died); None waits in this thread.
     """
 
-    def __init__(self, transport, workers: list[int], like: torch.Tensor, shard: int):
+    def __init__(self, transport, workers: list[int], like: torch.Tensor, shard: int,
+                 watch: Callable[[], None] | None = None):
         self.t, self.numel, self.shard = transport, like.numel(), shard
         self.sending = set(workers)                    # workers that have not said DONE
         self._headers = [empty_header(), empty_header()]
@@ -62,6 +101,8 @@ class Inbox:
         self._header_handle = None                     # the posted any-source header receive
         self._ahead: _Posted | None = None             # the next request, its payload on its way
         self.bytes_in = 0
+        self.watch = watch
+        self._waiting: _Waiter | None = None           # the header wait in a helper thread
 
     def _post_header(self) -> None:
         if self.sending and self._header_handle is None:
@@ -69,7 +110,7 @@ class Inbox:
 
     def _take_header(self, timeout_s: float | None) -> _Posted:
         """Wait for the posted header, post its payload receive, then the next header's."""
-        sender = self._header_handle.wait(timeout_s)
+        sender = self._wait_header(timeout_s)
         raw = self._headers[self._turn]
         self._header_handle, self._turn = None, 1 - self._turn
         h = Header.decode(raw)
@@ -82,6 +123,28 @@ class Inbox:
             self.sending.discard(sender)
         self._post_header()
         return _Posted(sender, h, payload, handle)
+
+    def _wait_header(self, timeout_s: float | None) -> int:
+        if self.watch is None:
+            return self._header_handle.wait(timeout_s)
+        if self._waiting is None:
+            self._waiting = _Waiter(self._header_handle, timeout_s)
+        while not self._waiting.done.wait(WATCH_S):
+            self.watch()             # raises if a worker died: this wait stays pending
+        waiter, self._waiting = self._waiting, None
+        return waiter.result()
+
+    def forget(self, senders: set[int]) -> None:
+        """Workers that died: a request of theirs whose payload is still on its way is
+        dropped whole (a push is applied whole or not at all), and none is expected."""
+        self.sending -= senders
+        if self._ahead is not None and self._ahead.sender in senders:
+            self._ahead = None
+
+    def close(self) -> None:
+        """Abandon a header wait in progress (its daemon thread stays blocked in the torn-down
+        group until that group's timeout, and never keeps the process from exiting)."""
+        self._waiting = None
 
     def _payload_buffer(self, sender: int, h: Header) -> torch.Tensor:
         if h.length != self.numel:

@@ -21,6 +21,15 @@ One clock for every pace: while rank 0 evaluates (its ``EVAL`` until its next me
 every pull is held, so no worker runs ahead during time that rank 0's wall clock
 excludes (each finishes at most the step it is in, up to its next pull); the time a pull
 is held for that pause is not reported as held (pace) time.
+
+A worker lost (``[faults] on_worker_loss = "continue"``, an injected ``membership``): the
+server learns it from the launcher (its inbox asks while it waits, as an any-source
+receive does not fail when a sender dies), drops the worker from the pace's count (a
+BSP round closes with the survivors' pushes and the dead worker's pushes received whole;
+a push it was still sending is dropped whole), answers every survivor's next pull with a
+``FLAG_REGROUP`` reply instead of parameters, and once all of them had one it forms the
+new group with them (``membership.regroup``) and serves on under their new ranks. A
+server that dies is not survived: its shard is gone (the survivors stop with one line).
 """
 
 from __future__ import annotations
@@ -33,8 +42,8 @@ import torch
 
 from distml.comm.pace import BoundedDelay, Pace, Quorum
 from distml.comm.ps.inbox import Inbox, Message
-from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, EVAL, FLAG_COMPRESSED, FLAG_STOP, PULL, PUSH,
-                                 REPLY, STOP, TAG_REPLY, TAG_REPLY_PAYLOAD, Header)
+from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, EVAL, FLAG_COMPRESSED, FLAG_REGROUP, FLAG_STOP,
+                                 PULL, PUSH, REPLY, STOP, TAG_REPLY, TAG_REPLY_PAYLOAD, Header)
 from distml.errors import PeerError
 
 _NEVER = 1 << 62
@@ -52,6 +61,27 @@ class UpdateRule(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class Membership(Protocol):
+    """What the algorithm injects under ``on_worker_loss = "continue"`` (runtime/elastic.py).
+
+    ``lost(error)``: the workers (ranks of the current transport) the launcher saw die; with
+    ``error`` (a failed receive) it waits a few seconds for one to be named and re-raises
+    ``error`` if none is. Raises ``PeerError`` when a server died. ``regroup(error)``: form
+    the survivors' new group; returns it and each surviving worker's new rank by old rank.
+    """
+
+    def lost(self, error: PeerError | None = None) -> list[int]: ...
+    def regroup(self, error: PeerError) -> tuple[Any, dict[int, int]]: ...
+
+
+class _WorkerLost(Exception):
+    """Raised by the inbox's watch: these workers died."""
+
+    def __init__(self, ranks: list[int]):
+        super().__init__(f"workers {ranks} died")
+        self.ranks = ranks
+
+
 class ServerLoop:
     """Serve one shard until every worker said it is done.
 
@@ -67,6 +97,8 @@ class ServerLoop:
         max_delay: bounded delay in rounds (see :class:`~distml.comm.pace.BoundedDelay`):
             late pushes join the open round instead of being dropped; None drops them.
         decoder: decodes compressed pushes (:class:`~distml.comm.ps.codec.PushDecoder`).
+        membership: survive a worker's death (:class:`Membership`); None: a dead worker
+            fails the server at the timeout, as before.
 
     Raises:
         ValueError: a quorum or a bounded delay with an asynchronous pace.
@@ -75,13 +107,14 @@ class ServerLoop:
     def __init__(self, transport, shard: int, params: torch.Tensor, workers: list[int], pace: Pace,
                  rule: UpdateRule, quorum: int | None = None,
                  save: Callable[[int, dict], None] | None = None, max_delay: int | None = None,
-                 decoder=None):
+                 decoder=None, membership: Membership | None = None):
         if quorum is not None and not pace.synchronous:
             raise ValueError(f"a quorum needs the bsp pace, got {pace.name}")
         if max_delay is not None and not pace.synchronous:
             raise ValueError(f"a bounded delay needs the bsp pace, got {pace.name}")
         self.t, self.shard, self.params, self.pace, self.rule = transport, shard, params, pace, rule
         self.workers = list(workers)
+        self._quorum_k = quorum
         self.quorum = Quorum(quorum if quorum is not None else len(workers), len(workers))
         self.delay = None if max_delay is None else BoundedDelay(max_delay)
         self.decoder = decoder
@@ -107,7 +140,21 @@ class ServerLoop:
         self._pause_start: float | None = None
         self.busy_seconds = 0.0
         self._last_heard = {w: time.monotonic() for w in self.workers}
-        self.inbox = Inbox(transport, self.workers, params, shard)
+        self.membership = membership
+        self.regrouping: set[int] = set()              # survivors still to be told to regroup
+        self._loss: PeerError | None = None            # the loss being regrouped from
+        self.workers_lost = 0
+        self._gone: set[int] = set()                   # their ranks, until the new group forms
+        self.inbox = self._inbox()
+
+    def _inbox(self) -> Inbox:
+        watch = None if self.membership is None else self._watch
+        return Inbox(self.t, sorted(self.active), self.params, self.shard, watch=watch)
+
+    def _watch(self) -> None:
+        dead = [w for w in self.membership.lost() if w in self.active]
+        if dead:
+            raise _WorkerLost(dead)
 
     # ---- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -151,19 +198,87 @@ class ServerLoop:
     def _next_message(self) -> Message:
         """The next request; while a worker evaluates the wait is the evaluation's limit
         (the collective algorithms' rule), else the transport's timeout."""
-        limit = self.t.eval_wait_s if self.evaluating & self.active else None
-        try:
-            return self.inbox.next(limit)
-        except PeerError:
-            now = time.monotonic()
-            silent = sorted(self.active, key=lambda w: self._last_heard[w])
-            names = ", ".join(f"rank {w} ({now - self._last_heard[w]:.0f} s)" for w in silent)
-            raise PeerError(f"parameter server rank {self.t.global_rank} (shard {self.shard}): no "
-                            f"message within {limit or self.t.timeout.total_seconds():g} s; silent workers: "
-                            f"{names or 'none'} — a worker died or stalled") from None
+        while True:
+            limit = self.t.eval_wait_s if self.evaluating & self.active else None
+            try:
+                return self.inbox.next(limit)
+            except _WorkerLost as e:
+                self._lose(e.ranks)
+            except PeerError as e:
+                if self.membership is None:
+                    self._silent(limit)
+                dead = [w for w in self.membership.lost(e) if w in self.active]
+                if not dead:
+                    self._silent(limit)
+                self._lose(dead)
+
+    def _silent(self, limit: float | None):
+        """No message in time: name the workers by how long each has been silent."""
+        now = time.monotonic()
+        silent = sorted(self.active, key=lambda w: self._last_heard[w])
+        names = ", ".join(f"rank {w} ({now - self._last_heard[w]:.0f} s)" for w in silent)
+        raise PeerError(f"parameter server rank {self.t.global_rank} (shard {self.shard}): no "
+                        f"message within {limit or self.t.timeout.total_seconds():g} s; silent workers: "
+                        f"{names or 'none'} — a worker died or stalled") from None
+
+    # ---- a worker lost (on_worker_loss = "continue") --------------------------------------
+    def _lose(self, dead: list[int]) -> None:
+        """Count the survivors only from now on, and tell each to regroup (its pull's reply)."""
+        gone = set(dead)
+        self.workers_lost += len(gone)
+        self._gone |= gone
+        self.active -= gone
+        self.inbox.forget(gone)
+        self.evaluating -= gone
+        self.final = [w for w in self.final if w not in gone]
+        for w in gone:
+            self.ckpt.pop(w, None)
+        if self._loss is None:
+            self._loss = PeerError(f"parameter server rank {self.t.global_rank}: workers "
+                                   f"{sorted(gone)} died")
+        self.regrouping = (self.regrouping | self.active) - gone
+        held, self.held = self.held, []
+        for w, clock, _, _ in held:
+            if w not in gone:
+                self._tell_to_regroup(w, clock)
+        self._maybe_regroup()
+
+    def _tell_to_regroup(self, w: int, clock: int) -> None:
+        self.regrouping.discard(w)
+        hdr = Header(REPLY, self.shard, clock, self.params.numel(), flags=FLAG_REGROUP).encode()
+        self.t.send(hdr, w, tag=TAG_REPLY)
+        self.t.send(self.params, w, tag=TAG_REPLY_PAYLOAD)   # the pull posted a receive for it
+
+    def _maybe_regroup(self) -> None:
+        """Every survivor was told: form the new group with them, renumber the workers."""
+        if self.regrouping or self._loss is None:
+            return
+        self.inbox.close()
+        transport, moved = self.membership.regroup(self._loss)
+        self.t, self._loss, self._gone = transport, None, set()
+
+        def remap(d: dict) -> dict:     # the dead worker's pushes stay, under a key of its own
+            return {moved.get(w, -1 - w): v for w, v in d.items()}
+
+        self.workers = sorted(moved.values())
+        self.active = {moved[w] for w in self.active}
+        self.evaluating = {moved[w] for w in self.evaluating}
+        self.clocks, self.last, self.dropped = remap(self.clocks), remap(self.last), remap(self.dropped)
+        self.rounds = {c: remap(got) for c, got in self.rounds.items()}
+        self._last_heard = {w: time.monotonic() for w in self.workers}
+        if self._quorum_k is None:
+            self.quorum = Quorum(len(self.workers), len(self.workers))
+        self.inbox = self._inbox()
 
     def _handle(self, message: Message) -> None:
         w, h = message.sender, message.header
+        if w in self._gone:
+            return      # the rest of a lost worker's messages: dropped whole
+        if h.op == PULL and w in self.regrouping:
+            self._tell_to_regroup(w, h.clock)
+            self._close_rounds()
+            self._maybe_regroup()
+            return
         if h.op == PUSH:
             self._push(w, h, message.payload)
         elif h.op == PULL:
@@ -216,7 +331,11 @@ class ServerLoop:
     def _close_rounds(self, force: bool = False) -> None:
         while self.round in self.rounds:
             got = self.rounds[self.round]
-            if not (force or (self.quorum.closes(len(got), len(self.active))
+            # a lost worker's push received whole is applied with its round, but the round
+            # waits for the survivors' (it is keyed by its old rank or, after the new group
+            # formed, by a negative one)
+            alive = sum(1 for w in got if w >= 0 and w not in self._gone)
+            if not (force or (self.quorum.closes(alive, len(self.active))
                               and not self._waits_for_overdue(got))):
                 return
             total = got[min(got)].clone()
@@ -309,4 +428,5 @@ class ServerLoop:
                 "pulls": self.pulls, "rounds": self.round, "max_staleness": self.max_staleness,
                 "delay_max": self.delay_max if self.pace.synchronous else None,
                 "late_pushes": self.late, "eval_paused_seconds": self.paused_seconds,
+                "workers_lost": self.workers_lost,
                 "busy_seconds": self.busy_seconds, "bytes_pushed": self.inbox.bytes_in}

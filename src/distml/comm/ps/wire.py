@@ -10,7 +10,9 @@ Header fields (int64): ``op, shard, clock, length, arg0, arg1, aux, flags``.
 ``aux`` carries one float64 by its bit pattern (e.g. the worker's learning rate);
 ``flags`` bit :data:`FLAG_STOP` in a reply says that rank 0 asked every worker to stop;
 bit :data:`FLAG_COMPRESSED` in a push says that its payload is a codec's message of
-``arg0`` bytes (:func:`pack_tensors`) instead of the shard's ``length`` values.
+``arg0`` bytes (:func:`pack_tensors`) instead of the shard's ``length`` values; bit
+:data:`FLAG_REGROUP` in a reply carries no parameters: a worker died and the requester is
+to regroup with the other survivors (``[faults] on_worker_loss = "continue"``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ OP_NAMES = {PUSH: "push", PULL: "pull", REPLY: "reply", CHECKPOINT: "checkpoint"
             DONE: "done", STOP: "stop", EVAL: "eval"}
 FLAG_STOP = 1
 FLAG_COMPRESSED = 2
+FLAG_REGROUP = 4
 
 # dtype codes of packed payload tensors (append only: the code is on the wire)
 _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8, torch.int8,
