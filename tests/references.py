@@ -26,14 +26,17 @@ def _epochs(loader):
 
 
 def concatenated_sgd(cfg, steps: int, workers: int = 2, accumulate: int = 1,
-                     clip: float | None = None, regroup: tuple[int, int] | None = None):
+                     clip: float | None = None,
+                     regroup: tuple[int, int] | list[tuple[int, int]] | None = None):
     """One process stepping on the concatenation of every rank's ``accumulate`` batches of
     each step (equal batch sizes: the mean of the means), clipped like the run; returns the
     model and how many steps the clip shortened the gradient.
 
     ``regroup = (k, n)``: from step k on, the data is re-partitioned among n workers, each
-    reading its new shard from batch k on (survivors of a worker loss, runtime/elastic.py).
+    reading its new shard from batch k on (survivors of a worker loss, runtime/elastic.py);
+    a list of such pairs: one change after the other (a loss, then a replacement joining).
     """
+    changes = dict([regroup] if isinstance(regroup, tuple) else regroup or [])
     torch.set_num_threads(1)
     source = SOURCES.build(cfg.data.source, seed=cfg.seed)
     ranks = rank_streams(cfg, source, workers)
@@ -42,9 +45,9 @@ def concatenated_sgd(cfg, steps: int, workers: int = 2, accumulate: int = 1,
     opt = build_optimizer(cfg.optim.spec(), model.parameters())
     clipped = 0
     for step in range(steps):
-        if regroup is not None and step == regroup[0]:
+        if step in changes:
             ranks = [itertools.islice(r, step * accumulate, None)
-                     for r in rank_streams(cfg, source, regroup[1])]
+                     for r in rank_streams(cfg, source, changes[step])]
         batches = [b for r in ranks for b in itertools.islice(r, accumulate)]
         opt.zero_grad()
         x = torch.cat([x for x, _ in batches]).double()

@@ -162,6 +162,19 @@ def run_to_folder(config=None, *, overrides: list[str] | None = None, workers: i
     if cfg.faults.on_worker_loss == "restart" and not max_restarts:
         raise ConfigError("faults.on_worker_loss = 'restart' needs --max-restarts N (N >= 1, "
                           "max_restarts in the Python API)")
+    if cfg.faults.on_worker_loss == "continue" and max_restarts and not build_algorithm(cfg).joinable:
+        raise ConfigError(f"algorithm '{cfg.algorithm.name}' cannot admit a replacement into the "
+                          "running group (faults.on_worker_loss = 'continue' with --max-restarts "
+                          "works with sync_sgd, local_sgd, diloco and gossip); drop --max-restarts "
+                          "to continue without replacements")
+    wait = cfg.faults.join_wait_s
+    if wait and not max_restarts:
+        raise ConfigError("faults.join_wait_s waits for a replacement, which needs --max-restarts N "
+                          "(N >= 1); give it or remove join_wait_s")
+    if wait > cfg.comm.timeout_s / 2:
+        raise ConfigError(f"faults.join_wait_s must be at most comm.timeout_s / 2 = "
+                          f"{cfg.comm.timeout_s / 2:g} (the other members wait in a collective "
+                          f"meanwhile), got {wait:g}; lower it or raise comm.timeout_s")
     user = _user_parts(model, train_data, test_data, loss, task)
     resolved = preflight(cfg, user, out, resume, runs_root)  # every check before a process starts
     run_dir = prepare_run_dir(cfg.name, out, resume, root=runs_root)
