@@ -56,7 +56,7 @@ PROTOCOL = {
     "join": {"seeds": [0, 1, 2], "quick_seeds": [0],
              # a larger model than above, so the state transfer moves megabytes
              "model": {"name": "mlp", "hidden": [512, 512]},
-             "max_restarts": 1, "join_wait_s": 20, "timeout_s": 60,
+             "max_restarts": 1, "join_wait_s": 40, "timeout_s": 90,
              "raw_repeats": 7},
     "goals": {"recovery_seconds": "<= 2", "steps_lost": 0,
               "accuracy": "paired difference's 95% interval within ± the uninterrupted "

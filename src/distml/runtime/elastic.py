@@ -241,6 +241,11 @@ class Survivors:
 
         The first join point after a loss waits up to ``join_wait_s`` for a request (the
         others wait for rank 0 in their next collective meanwhile)."""
+        algorithm, total = loop.parts.algorithm, loop.parts.total_steps
+        point = next((s for s in range(done + 1, total) if algorithm.is_join_point(s, self.world)),
+                     None)
+        if point is None:           # the run ends first
+            return
         if self._hold_until is None:
             self._hold_until = time.monotonic() + self.join_wait_s
         while True:
@@ -248,12 +253,7 @@ class Survivors:
             if waiting or time.monotonic() >= self._hold_until:
                 break
             time.sleep(0.02)
-        if not waiting:
-            return
-        algorithm, total = loop.parts.algorithm, loop.parts.total_steps
-        point = next((s for s in range(done + 1, total) if algorithm.is_join_point(s, self.world)),
-                     None)
-        if point is not None:
+        if waiting:
             self.store.set(PLAN_KEY.format(generation=self.generation, step=point),
                            json.dumps(waiting))
 

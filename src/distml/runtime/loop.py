@@ -321,7 +321,7 @@ class TrainLoop:
         loss_window = self.resume() if resume else []
         out = self.out_dir
         # a replacement starts mid-run (start_step > 0): it appends to its rank's events
-        sink = RunLog(out, self.launch_rank, tensorboard=cfg.tensorboard,
+        sink = RunLog(out, self.launch_rank, tensorboard=cfg.tensorboard, lead=self.rank == 0,
                       resume_step=self.start_step if resume or self.start_step else None)
         p.model.train()
         bar = _progress(self.rank == 0 and cfg.progress, p.total_steps, self.start_step)
