@@ -186,6 +186,7 @@ def one_run(folder: Path, algo: str, seed: int, steps: int, kill: bool, join: bo
                 "victim": victim, "kill_step": at, "killed": killed_at is not None,
                 "joined_step": entry["step"] if entry else None,
                 "join_seconds": entry["join_seconds"] if entry else None,
+                "startup_seconds": entry.get("startup_seconds") if entry else None,
                 "transfer_seconds": entry["transfer_seconds"] if entry else None,
                 "state_bytes": entry["state_bytes"] if entry else None,
                 "workers_at_end": s["workers"] if s else None,
@@ -314,15 +315,17 @@ def main() -> int:
 def summarize_joins(joins: list[dict]) -> tuple[dict, dict]:
     """``join_seconds`` (median), the transfer bandwidth against a plain broadcast of the
     same bytes (measured now, among as many ranks), the goals, and the table."""
-    raw = {n: raw_broadcast_seconds(n, PROTOCOL["workers"], PROTOCOL["join"]["raw_repeats"])
-           for n in sorted({r["state_bytes"] for r in joins if r.get("state_bytes")})}
+    sizes = sorted({r["state_bytes"] for r in joins if r.get("state_bytes")})
+    raw = raw_broadcast_seconds(sizes, PROTOCOL["workers"], PROTOCOL["join"]["raw_repeats"]) \
+        if sizes else {}
     rows = []
     for r in joins:
         r["raw_seconds"] = raw.get(r.get("state_bytes"))
         r["transfer_fraction"] = (round(r["raw_seconds"] / r["transfer_seconds"], 3)
                                   if r["raw_seconds"] and r.get("transfer_seconds") else None)
         rows.append([r["algorithm"], r["seed"], r["victim"], r["kill_step"], r["joined_step"],
-                     r["code"], r["workers_at_end"], r["join_seconds"], r["state_bytes"],
+                     r["code"], r["workers_at_end"], r["join_seconds"], r.get("startup_seconds"),
+                     r["state_bytes"],
                      _fmt(r["transfer_seconds"]), _fmt(r["raw_seconds"]), r["transfer_fraction"]])
     secs = [r["join_seconds"] for r in joins if r.get("join_seconds") is not None]
     fracs = [r["transfer_fraction"] for r in joins if r.get("transfer_fraction") is not None]
@@ -341,15 +344,16 @@ def summarize_joins(joins: list[dict]) -> tuple[dict, dict]:
     details = {"goals_met": met, "raw_broadcast_seconds": raw,
                "table": table("A replacement joins (4 workers, one SIGKILLed, --max-restarts 1)",
                               ["algorithm", "seed", "victim", "killed after step", "joined at step",
-                               "exit", "workers at end", "join s", "state bytes", "transfer s",
+                               "exit", "workers at end", "join s", "of which start-up s",
+                               "state bytes", "transfer s",
                                "raw broadcast s", "raw / transfer"], rows)}
     return line, details
 
 
-def raw_broadcast_seconds(nbytes: int, world: int, repeats: int) -> float:
-    """Median seconds, on the source rank, of one plain transport broadcast of ``nbytes``
-    among ``world`` local processes (gloo on 127.0.0.1): the bandwidth the state transfer
-    is compared with."""
+def raw_broadcast_seconds(sizes: list[int], world: int, repeats: int) -> dict[int, float]:
+    """For each size in bytes: the median seconds, on the source rank, of one plain
+    transport broadcast of that many bytes among ``world`` local processes (gloo on
+    127.0.0.1), the bandwidth the state transfer is compared with."""
     import multiprocessing as mp
     import socket
 
@@ -362,7 +366,7 @@ def raw_broadcast_seconds(nbytes: int, world: int, repeats: int) -> float:
     sock.detach()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_raw_rank, args=(r, world, port, nbytes, repeats, queue))
+    procs = [ctx.Process(target=_raw_rank, args=(r, world, port, sizes, repeats, queue))
              for r in range(world)]
     try:
         for p in procs:
@@ -375,10 +379,10 @@ def raw_broadcast_seconds(nbytes: int, world: int, repeats: int) -> float:
                 p.kill()
                 p.join()
         del store
-    return round(statistics.median(times), 5)
+    return {n: round(statistics.median(t), 5) for n, t in zip(sizes, times)}
 
 
-def _raw_rank(rank: int, world: int, port: int, nbytes: int, repeats: int, queue) -> None:
+def _raw_rank(rank: int, world: int, port: int, sizes: list[int], repeats: int, queue) -> None:
     import torch
 
     from distml.comm.transport import Transport
@@ -386,13 +390,15 @@ def _raw_rank(rank: int, world: int, port: int, nbytes: int, repeats: int, queue
     torch.set_num_threads(1)
     t = Transport.connect(Transport.store_client("127.0.0.1", port, 60.0), rank, world,
                           timeout_s=60.0)
-    buf = torch.ones(nbytes, dtype=torch.uint8) if rank == 0 else torch.empty(nbytes, dtype=torch.uint8)
     times = []
-    for _ in range(repeats):
-        t.barrier()
-        t0 = time.perf_counter()
-        t.broadcast(buf, src=0)
-        times.append(time.perf_counter() - t0)
+    for nbytes in sizes:
+        buf = torch.ones(nbytes, dtype=torch.uint8) if rank == 0 else torch.empty(nbytes, dtype=torch.uint8)
+        times.append([])
+        for _ in range(repeats):
+            t.barrier()
+            t0 = time.perf_counter()
+            t.broadcast(buf, src=0)
+            times[-1].append(time.perf_counter() - t0)
     if rank == 0:
         queue.put(times)
     t.close()

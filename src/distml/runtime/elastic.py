@@ -97,6 +97,7 @@ class Admission:
     admitted_at: float         # unix time the group went on
     next_step_at: float | None = None   # unix time the first step after it completed
     join_seconds: float | None = None   # a newcomer's process start to its first completed step
+    startup_seconds: float | None = None   # of which: its start-up until it asked to join
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Replacement:
 
     incarnation: int           # 1 for a launch rank's first replacement, 2 for the next, …
     started_at: float          # unix time the launcher started the process
+    asked_at: float | None = None   # unix time it asked to join (start-up and build done)
 
 
 class GroupGrew(Exception):
@@ -341,6 +343,7 @@ class Survivors:
         own = self.changes[0] if self.replacement is not None and self.changes else None
         return {"launch_rank": self.launch_rank, "model_sha256": digest.hexdigest(),
                 "started_at": self.replacement.started_at if own else None,
+                "asked_at": self.replacement.asked_at if own else None,
                 "first_step_at": own.next_step_at if own else None}
 
     def summary(self, per_rank: list[dict] | None = None) -> list[dict]:
@@ -349,9 +352,13 @@ class Survivors:
         for entry in out:
             if "joined" not in entry:
                 continue
-            times = [r["first_step_at"] - r["started_at"] for r in per_rank or []
-                     if r and r.get("launch_rank") in entry["joined"] and r.get("first_step_at")]
-            entry["join_seconds"] = round(max(times), 3) if times else None
+            mine = [r for r in per_rank or []
+                    if r and r.get("launch_rank") in entry["joined"] and r.get("first_step_at")]
+            entry["join_seconds"] = round(max(r["first_step_at"] - r["started_at"] for r in mine),
+                                          3) if mine else None
+            # of which: the process's start-up and build, until it asked to join
+            entry["startup_seconds"] = round(max(r["asked_at"] - r["started_at"] for r in mine),
+                                             3) if mine else None
         return out
 
 
@@ -365,6 +372,7 @@ def await_seat(store, launch_rank: int, replacement: Replacement, wait_s: float)
         PeerError: no seat within ``wait_s``.
     """
     store.set(JOIN_KEY.format(rank=launch_rank), str(replacement.incarnation))
+    replacement.asked_at = time.time()
     seat = SEAT_KEY.format(rank=launch_rank, incarnation=replacement.incarnation)
     deadline = time.monotonic() + wait_s
     while True:
