@@ -6,9 +6,14 @@ For each algorithm that continues after a worker loss (``[faults] on_worker_loss
 seed, and the same run uninterrupted. Measured: the time from the kill to the next step
 the survivors complete (the new rank 0's stamp), completed steps lost (a step logged
 twice by a survivor), and the final test accuracy against the uninterrupted run's.
-Replacements that join a running group are not implemented: ``join_seconds`` is null.
 
-    python bench/elastic.py [--quick] [--algorithms parameter_server,...]
+Join part: for each algorithm and join seed, one more run with ``--max-restarts 1`` and a
+larger model, in which a replacement joins the running group after the kill. Measured:
+``join_seconds`` (the replacement's process start to its first completed step, median),
+and the state transfer's bandwidth as a fraction of a plain transport broadcast of the
+same bytes among as many ranks, measured in this invocation.
+
+    python bench/elastic.py [--quick] [--part all|recovery|join] [--algorithms parameter_server,...]
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import finish, interval, paired_ci, table  # noqa: E402
+from common import RESULTS, finish, interval, paired_ci, table  # noqa: E402
 
 PROTOCOL = {
     "workers": 4,
@@ -50,10 +55,21 @@ PROTOCOL = {
     "timeout_s": 20,
     "concurrent_runs": 2,        # runs side by side; interrupted and uninterrupted interleaved
     "tuning": "none: every run of a seed has the same config; only the kill differs",
+    "join": {"seeds": [0, 1, 2], "quick_seeds": [0],
+             # the algorithms that admit a replacement (the parameter server does not)
+             "algorithms": ["sync_sgd", "local_sgd", "gossip"],
+             # a larger model than above, so the state transfer moves megabytes
+             "model": {"name": "mlp", "hidden": [512, 512]},
+             "max_restarts": 1, "join_wait_s": 40, "timeout_s": 90,
+             "raw_repeats": 7},
     "goals": {"recovery_seconds": "<= 2", "steps_lost": 0,
               "accuracy": "paired difference's 95% interval within ± the uninterrupted "
                           "runs' seed-to-seed spread (max − min)",
-              "join_seconds": "<= 10 (not measured: replacements are not implemented)"},
+              "join_seconds": "<= 10, median over the join runs of every algorithm; every "
+                              "run's value reported",
+              "transfer_fraction": ">= 0.5: the state broadcast's bandwidth over a plain "
+                                   "broadcast of the same bytes among the same number of "
+                                   "ranks (median of raw_repeats, this invocation)"},
 }
 
 CONFIG = """
@@ -84,6 +100,7 @@ progress = false
 [faults]
 compute_s = {compute}
 on_worker_loss = "continue"
+{join_faults}
 """
 
 
@@ -91,14 +108,17 @@ def toml_inline(d: dict) -> str:
     return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + " }"
 
 
-def write_config(folder: Path, algo: str, seed: int, steps: int) -> Path:
-    p = PROTOCOL
-    path = folder / f"{algo}-{seed}.toml"
+def write_config(folder: Path, algo: str, seed: int, steps: int, join: bool = False) -> Path:
+    p, j = PROTOCOL, PROTOCOL["join"]
+    path = folder / f"{algo}-{seed}{'-join' if join else ''}.toml"
     path.write_text(CONFIG.format(seed=seed, workers=p["workers"], source=toml_inline(p["data"]),
-                                  batch=p["batch_size"], hidden=p["model"]["hidden"],
+                                  batch=p["batch_size"],
+                                  hidden=(j if join else p)["model"]["hidden"],
                                   lr=p["optim"]["lr"], momentum=p["optim"]["momentum"],
-                                  algorithm=p["algorithms"][algo], timeout=p["timeout_s"],
-                                  steps=steps, compute=p["compute_s"]))
+                                  algorithm=p["algorithms"][algo],
+                                  timeout=j["timeout_s"] if join else p["timeout_s"],
+                                  steps=steps, compute=p["compute_s"],
+                                  join_faults=f"join_wait_s = {j['join_wait_s']}" if join else ""))
     return path
 
 
@@ -130,13 +150,16 @@ def rank_pid(out: Path, rank: int, launcher_pid: int) -> int | None:
     return pids[-1] if ppid == launcher_pid else None
 
 
-def one_run(folder: Path, algo: str, seed: int, steps: int, kill: bool) -> dict:
+def one_run(folder: Path, algo: str, seed: int, steps: int, kill: bool, join: bool = False) -> dict:
     """One ``distml run`` in its own session; with ``kill``, SIGKILL the drawn worker once it
-    logged the drawn step. Its process group is always killed at the end."""
-    cfg = write_config(folder, algo, seed, steps)
-    out = folder / f"{algo}-{seed}-{'kill' if kill else 'full'}"
+    logged the drawn step; with ``join``, a replacement joins after it. Its process group is
+    always killed at the end."""
+    cfg = write_config(folder, algo, seed, steps, join)
+    out = folder / f"{algo}-{seed}-{'join' if join else 'kill' if kill else 'full'}"
     victim, at = plan_kill(seed, steps)
     cmd = [sys.executable, "-m", "distml", "run", str(cfg), "--out", str(out), "--json"]
+    if join:
+        cmd += ["--max-restarts", str(PROTOCOL["join"]["max_restarts"])]
     p = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     killed_at = None
@@ -161,6 +184,17 @@ def one_run(folder: Path, algo: str, seed: int, steps: int, kill: bool) -> dict:
         p.wait()
     summary_path = out / "summary.json"
     s = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    if join:
+        entry = next((c for c in (s or {}).get("membership", []) if c.get("joined")), None)
+        return {"algorithm": algo, "seed": seed, "join": True, "code": p.returncode,
+                "victim": victim, "kill_step": at, "killed": killed_at is not None,
+                "joined_step": entry["step"] if entry else None,
+                "join_seconds": entry["join_seconds"] if entry else None,
+                "startup_seconds": entry.get("startup_seconds") if entry else None,
+                "transfer_seconds": entry["transfer_seconds"] if entry else None,
+                "state_bytes": entry["state_bytes"] if entry else None,
+                "workers_at_end": s["workers"] if s else None,
+                "error": err.strip().splitlines()[-1] if p.returncode and err.strip() else None}
     result = {"algorithm": algo, "seed": seed, "kill": kill, "code": p.returncode,
               "accuracy": s["test_accuracy"] if s else None, "steps": s["steps"] if s else None,
               "error": err.strip().splitlines()[-1] if p.returncode and err.strip() else None}
@@ -189,8 +223,12 @@ def main() -> int:
                     "--runs file instead of running")
     ap.add_argument("--algorithms", default=None, help="comma-separated subset of "
                     f"{', '.join(PROTOCOL['algorithms'])} (default: all)")
+    ap.add_argument("--part", choices=["all", "recovery", "join"], default="all",
+                    help="run only one part; the other part's runs are taken from the "
+                         "committed bench/results/elastic.json (said in the result)")
     args = ap.parse_args()
     seeds = PROTOCOL["quick_seeds"] if args.quick else PROTOCOL["seeds"]
+    join_seeds = PROTOCOL["join"]["quick_seeds" if args.quick else "seeds"]
     steps = PROTOCOL["quick_steps"] if args.quick else PROTOCOL["steps"]
     algos = list(PROTOCOL["algorithms"])
     if args.algorithms:
@@ -205,10 +243,13 @@ def main() -> int:
             [r["loadavg"] for r in records if "loadavg" in r]
     else:
         # interleaved: each seed's interrupted and uninterrupted runs of every algorithm together
-        jobs = [(a, s, k) for s in seeds for a in algos for k in (True, False)]
+        jobs = [(a, s, k, False) for s in seeds for a in algos for k in (True, False)] \
+            if args.part != "join" else []
+        jobs += [(a, s, True, True) for s in join_seeds for a in algos
+                 if a in PROTOCOL["join"]["algorithms"]] if args.part != "recovery" else []
 
         def job(j):
-            r = one_run(Path(tmp), j[0], j[1], steps, j[2])
+            r = one_run(Path(tmp), j[0], j[1], steps, j[2], join=j[3])
             if args.runs:
                 with open(args.runs, "a") as f:
                     f.write(json.dumps(r) + "\n")
@@ -221,6 +262,14 @@ def main() -> int:
             with ThreadPoolExecutor(PROTOCOL["concurrent_runs"]) as pool:
                 results = list(pool.map(job, jobs))
         loads.append(os.getloadavg())
+    earlier = None
+    if args.part != "all":       # the other part: the committed result file's runs
+        earlier = json.loads((RESULTS / "elastic.json").read_text())
+        keep = (lambda r: r.get("join")) if args.part == "recovery" else (lambda r: not r.get("join"))
+        results += [r for r in earlier["details"]["runs"] if keep(r)]
+    joins = [r for r in results if r.get("join")]
+    results = [r for r in results if not r.get("join")]
+    join_line, join_details = summarize_joins(joins)
     algos = [a for a in algos if any(r["algorithm"] == a for r in results)]
 
     rows, recovery, lost_all, deltas, spreads, met = [], {}, [], {}, {}, {}
@@ -252,11 +301,15 @@ def main() -> int:
     headline = "; ".join(f"{a} recovery {recovery[a]} s (median)" for a in algos) + \
         f"; steps lost {worst}; goals met: " + \
         ", ".join(f"{a} {'/'.join(k for k, v in met[a].items() if v) or 'none'}" for a in algos)
+    headline += "; " + join_line.pop("headline")
     line = {"bench": "elastic", "recovery_seconds": recovery, "steps_lost": worst,
-            "accuracy_delta": deltas, "join_seconds": None,
+            "accuracy_delta": deltas, **join_line,
             "repeats": len({r["seed"] for r in results}),
             "headline": headline}
-    details = {"runs": results, "goals_met": met, "uninterrupted_spread": spreads,
+    details = {"runs": results + joins, "goals_met": met, "uninterrupted_spread": spreads,
+               "join": join_details,
+               "other_part_from": None if earlier is None else
+               {"commit": earlier["commit"], "date": earlier["date"]},
                "rec_interval": {a: interval([r["recovery_seconds"] for r in results
                                              if r["algorithm"] == a and r["kill"]
                                              and r["recovery_seconds"] is not None] or [0.0])
@@ -266,8 +319,101 @@ def main() -> int:
                                 ["algorithm", "seed", "victim", "killed after step",
                                  "resumed at step", "exit", "kill → detected s",
                                  "detected → regrouped s", "kill → next step s", "steps lost",
-                                 "accuracy", "uninterrupted accuracy"], rows)]}
+                                 "accuracy", "uninterrupted accuracy"], rows),
+                          join_details.pop("table")]}
     return finish(line, PROTOCOL, quick=args.quick, details=details)
+
+
+def summarize_joins(joins: list[dict]) -> tuple[dict, dict]:
+    """``join_seconds`` (median), the transfer bandwidth against a plain broadcast of the
+    same bytes (measured now, among as many ranks), the goals, and the table."""
+    sizes = sorted({r["state_bytes"] for r in joins if r.get("state_bytes")})
+    raw = raw_broadcast_seconds(sizes, PROTOCOL["workers"], PROTOCOL["join"]["raw_repeats"]) \
+        if sizes else {}
+    rows = []
+    for r in joins:
+        r["raw_seconds"] = raw.get(r.get("state_bytes"))
+        r["transfer_fraction"] = (round(r["raw_seconds"] / r["transfer_seconds"], 3)
+                                  if r["raw_seconds"] and r.get("transfer_seconds") else None)
+        rows.append([r["algorithm"], r["seed"], r["victim"], r["kill_step"], r["joined_step"],
+                     r["code"], r["workers_at_end"], r["join_seconds"], r.get("startup_seconds"),
+                     r["state_bytes"],
+                     _fmt(r["transfer_seconds"]), _fmt(r["raw_seconds"]), r["transfer_fraction"]])
+    secs = [r["join_seconds"] for r in joins if r.get("join_seconds") is not None]
+    fracs = [r["transfer_fraction"] for r in joins if r.get("transfer_fraction") is not None]
+    complete = bool(joins) and len(secs) == len(joins)
+    median = round(statistics.median(secs), 3) if secs else None
+    frac = round(statistics.median(fracs), 3) if fracs else None
+    met = {"join_seconds": complete and median is not None and median <= 10.0,
+           "transfer_fraction": bool(fracs) and len(fracs) == len(joins) and frac >= 0.5}
+    by_algo = {a: round(statistics.median(v), 3) for a in PROTOCOL["algorithms"]
+               if (v := [r["join_seconds"] for r in joins if r["algorithm"] == a
+                         and r.get("join_seconds") is not None])}
+    headline = (f"join {median} s (median of {len(secs)}/{len(joins)}), transfer {frac} of raw; "
+                f"join goals met: {', '.join(k for k, v in met.items() if v) or 'none'}")
+    line = {"join_seconds": median, "join_seconds_by_algorithm": by_algo,
+            "transfer_fraction": frac, "headline": headline}
+    details = {"goals_met": met, "raw_broadcast_seconds": raw,
+               "table": table("A replacement joins (4 workers, one SIGKILLed, --max-restarts 1)",
+                              ["algorithm", "seed", "victim", "killed after step", "joined at step",
+                               "exit", "workers at end", "join s", "of which start-up s",
+                               "state bytes", "transfer s",
+                               "raw broadcast s", "raw / transfer"], rows)}
+    return line, details
+
+
+def raw_broadcast_seconds(sizes: list[int], world: int, repeats: int) -> dict[int, float]:
+    """For each size in bytes: the median seconds, on the source rank, of one plain
+    transport broadcast of that many bytes among ``world`` local processes (gloo on
+    127.0.0.1), the bandwidth the state transfer is compared with."""
+    import multiprocessing as mp
+    import socket
+
+    from distml.comm.transport import Transport
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = sock.getsockname()[1]
+    store = Transport.host_store(sock, 60.0)
+    sock.detach()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_raw_rank, args=(r, world, port, sizes, repeats, queue))
+             for r in range(world)]
+    try:
+        for p in procs:
+            p.start()
+        times = queue.get(timeout=300)
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        del store
+    return {n: round(statistics.median(t), 5) for n, t in zip(sizes, times)}
+
+
+def _raw_rank(rank: int, world: int, port: int, sizes: list[int], repeats: int, queue) -> None:
+    import torch
+
+    from distml.comm.transport import Transport
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    t = Transport.connect(Transport.store_client("127.0.0.1", port, 60.0), rank, world,
+                          timeout_s=60.0)
+    times = []
+    for nbytes in sizes:
+        buf = torch.ones(nbytes, dtype=torch.uint8) if rank == 0 else torch.empty(nbytes, dtype=torch.uint8)
+        times.append([])
+        for _ in range(repeats):
+            t.barrier()
+            t0 = time.perf_counter()
+            t.broadcast(buf, src=0)
+            times[-1].append(time.perf_counter() - t0)
+    if rank == 0:
+        queue.put(times)
+    t.close()
 
 
 def _fmt(x):

@@ -26,18 +26,25 @@ def _epochs(loader):
 
 
 def concatenated_sgd(cfg, steps: int, workers: int = 2, accumulate: int = 1,
-                     clip: float | None = None, regroup: tuple[int, int] | None = None,
+                     clip: float | None = None,
+                     regroup: tuple[int, int] | list[tuple[int, int]] | None = None,
                      lost: tuple[int, ...] = ()):
     """One process stepping on the concatenation of every rank's ``accumulate`` batches of
     each step (equal batch sizes: the mean of the means), clipped like the run; returns the
     model and how many steps the clip shortened the gradient.
 
     ``regroup = (k, n)``: from step k on, the data is re-partitioned among n workers, each
-    reading its new shard from batch k on (survivors of a worker loss, runtime/elastic.py).
-    ``lost``: the ranks that died before step k while the survivors' step k still ran on
-    their old shards (a parameter server's workers had pushed it before they learnt of the
-    loss): step k averages the survivors' old batches, the new partition starts at k + 1.
+    reading its new shard from batch k on (survivors of a worker loss, runtime/elastic.py);
+    a list of such pairs: one change after the other (a loss, then a replacement joining).
+    ``lost``: the ranks that died before the first change's step k while the survivors'
+    step k still ran on their old shards (a parameter server's workers had pushed it
+    before they learnt of the loss): step k averages the survivors' old batches, the new
+    partition starts at k + 1.
     """
+    changes = dict([regroup] if isinstance(regroup, tuple) else regroup or [])
+    first = min(changes) if changes else None
+    if lost:        # the survivors' new partition starts one step after the loss
+        changes[first + 1] = changes.pop(first)
     torch.set_num_threads(1)
     source = SOURCES.build(cfg.data.source, seed=cfg.seed)
     ranks = rank_streams(cfg, source, workers)
@@ -46,11 +53,11 @@ def concatenated_sgd(cfg, steps: int, workers: int = 2, accumulate: int = 1,
     opt = build_optimizer(cfg.optim.spec(), model.parameters())
     clipped = 0
     for step in range(steps):
-        if regroup is not None and lost and step == regroup[0]:
+        if lost and step == first:
             ranks = [r for i, r in enumerate(ranks) if i not in lost]
-        if regroup is not None and step == regroup[0] + (1 if lost else 0):
+        if step in changes:
             ranks = [itertools.islice(r, step * accumulate, None)
-                     for r in rank_streams(cfg, source, regroup[1])]
+                     for r in rank_streams(cfg, source, changes[step])]
         batches = [b for r in ranks for b in itertools.islice(r, accumulate)]
         opt.zero_grad()
         x = torch.cat([x for x, _ in batches]).double()

@@ -94,12 +94,37 @@ def preflight(cfg: RunConfig, user: UserParts | None = None, out: str | os.PathL
     return {**resolved, "backend": backend, "device": device, "run_dir": str(run_dir)}
 
 
+def check_restarts(cfg: RunConfig, max_restarts: int) -> None:
+    """Refuse ``max_restarts`` (``--max-restarts``) where the config cannot use it, before
+    any process starts (a dry run says the same)."""
+    if int(max_restarts) != max_restarts or max_restarts < 0:
+        raise ConfigError(f"max_restarts must be an integer >= 0, got {max_restarts}")
+    if cfg.faults.on_worker_loss == "restart" and not max_restarts:
+        raise ConfigError("faults.on_worker_loss = 'restart' needs --max-restarts N (N >= 1, "
+                          "max_restarts in the Python API)")
+    if cfg.faults.on_worker_loss == "continue" and max_restarts and not build_algorithm(cfg).joinable:
+        raise ConfigError(f"algorithm '{cfg.algorithm.name}' cannot admit a replacement into the "
+                          "running group (faults.on_worker_loss = 'continue' with --max-restarts "
+                          "works with sync_sgd, local_sgd, diloco and gossip); drop --max-restarts "
+                          "to continue without replacements")
+    wait = cfg.faults.join_wait_s
+    if wait and not max_restarts:
+        raise ConfigError("faults.join_wait_s waits for a replacement, which needs --max-restarts N "
+                          "(N >= 1); give it or remove join_wait_s")
+    if wait > cfg.comm.timeout_s / 2:
+        raise ConfigError(f"faults.join_wait_s must be at most comm.timeout_s / 2 = "
+                          f"{cfg.comm.timeout_s / 2:g} (the other members wait in a collective "
+                          f"meanwhile), got {wait:g}; lower it or raise comm.timeout_s")
+
+
 def plan(config=None, *, overrides: list[str] | None = None, model=None, train_data=None,
          test_data=None, loss=None, task: str | None = None, out: str | os.PathLike | None = None,
-         resume: bool = False, runs_root: str | os.PathLike = "runs") -> dict[str, Any]:
+         resume: bool = False, runs_root: str | os.PathLike = "runs",
+         max_restarts: int = 0) -> dict[str, Any]:
     """Validate a config exactly as :func:`run` does and return the resolved plan (what
     ``--dry-run`` prints); starts no process and creates no folder."""
     cfg = load_run_config(config, overrides)
+    check_restarts(cfg, max_restarts)
     return preflight(cfg, _user_parts(model, train_data, test_data, loss, task), out, resume,
                      runs_root)
 
@@ -156,12 +181,8 @@ def run_to_folder(config=None, *, overrides: list[str] | None = None, workers: i
     refuse_in_worker_import()
     if workers is not None:
         overrides = [*(overrides or []), f"workers={int(workers)}"]
-    if int(max_restarts) != max_restarts or max_restarts < 0:
-        raise ConfigError(f"max_restarts must be an integer >= 0, got {max_restarts}")
     cfg = load_run_config(config, overrides)
-    if cfg.faults.on_worker_loss == "restart" and not max_restarts:
-        raise ConfigError("faults.on_worker_loss = 'restart' needs --max-restarts N (N >= 1, "
-                          "max_restarts in the Python API)")
+    check_restarts(cfg, max_restarts)
     user = _user_parts(model, train_data, test_data, loss, task)
     resolved = preflight(cfg, user, out, resume, runs_root)  # every check before a process starts
     run_dir = prepare_run_dir(cfg.name, out, resume, root=runs_root)

@@ -168,7 +168,7 @@ def _run_checked(args, cfg) -> int:
     from distml.runtime.plan import format_plan
 
     if args.dry_run:
-        plan = api.plan(cfg, out=args.out, resume=args.resume)
+        plan = api.plan(cfg, out=args.out, resume=args.resume, max_restarts=args.max_restarts)
         print(json.dumps(plan, indent=2, default=str) if args.json else format_plan(plan))
         return 0
     try:

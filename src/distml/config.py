@@ -192,6 +192,9 @@ class FaultsConfig(_Section):
     # or continue among the survivors while at least min_workers are left
     on_worker_loss: Literal["stop", "restart", "continue"] = "stop"
     min_workers: int = Field(1, ge=1)
+    # "continue" with --max-restarts: after a loss, rank 0 holds the group at its first
+    # join point up to this long for the replacement's request (0: never waits)
+    join_wait_s: float = Field(0.0, ge=0)
 
 
 class RunConfig(_Section):

@@ -151,3 +151,12 @@ def test_unsupported_ps_continue_is_refused_before_any_process(tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ps with faults.on_worker_loss = 'continue'" in err[0] \
         and message in err[0], err
+
+
+def test_ps_continue_with_replacements_is_refused_before_any_process(tmp_path, capsys):
+    """The parameter server continues without a lost worker but admits no replacement."""
+    path = write(tmp_path, "worker")
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--max-restarts", "1",
+                 "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot admit a replacement" in err[0] and "'ps'" in err[0], err

@@ -23,13 +23,14 @@ def _scripted(monkeypatch, outcomes, on_call=None):
     """Replace launch_local: each call pops an outcome (an exception to raise, or None)."""
     jobs = []
 
-    def fake(job, world, timeout_s):
+    def fake(job, world, timeout_s, replacements=0, say=None):
         jobs.append(job)
         if on_call is not None:
             on_call(len(jobs))
         outcome = outcomes.pop(0)
         if outcome is not None:
             raise outcome
+        return 0            # replacements started (on_worker_loss = "continue" only)
     monkeypatch.setattr(launcher, "launch_local", fake)
     return jobs
 

@@ -103,6 +103,9 @@ class Algorithm:
     #: the survivors of a worker loss can go on with it (``[faults] on_worker_loss =
     #: "continue"``, runtime/elastic.py): it implements ``regroup``
     elastic = False
+    #: a replacement may join the running group at ``is_join_point`` boundaries
+    #: (``on_worker_loss = "continue"`` with ``--max-restarts``, runtime/elastic.py)
+    joinable = False
 
     def launch_size(self, workers: int) -> int:
         """How many processes the launcher starts for ``workers`` workers (servers are extra)."""
@@ -139,6 +142,14 @@ class Algorithm:
         graphs, in-flight handles). Model, optimizer and ``state_dict()`` are already
         agreed. Only ``elastic`` algorithms are called (runtime/elastic.py)."""
         self.transport = transport
+
+    def is_join_point(self, done: int, workers: int) -> bool:
+        """Whether a replacement may join after ``done`` steps (``joinable`` algorithms,
+        runtime/elastic.py). Join points must be step boundaries that no rank passes
+        before every rank has passed the previous one (a synchronization reaching every
+        rank lies between two of them): rank 0 then announces the next point and every
+        rank reads the announcement in time. ``workers``: the workers at launch."""
+        return False
 
     def loss_terms(self, model: nn.Module) -> torch.Tensor | None:
         """Extra loss added before backward (e.g. ADMM's proximal term)."""

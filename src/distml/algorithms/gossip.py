@@ -67,6 +67,7 @@ class Gossip(Algorithm):
     buffers = "average"    # the evaluated mean of the replicas carries their mean buffers
     supports = Supports(wrap=False, **LOOP_STEP)   # wrap: the evaluated model is the mean
     elastic = True         # a lost worker: the graph is rebuilt over the survivors (regroup)
+    joinable = True        # a replacement joins every every·(workers−1) steps (is_join_point)
 
     def __init__(self, graph: str | dict = "ring", every: int = 1, local_init_seed: int | None = None,
                  gamma: float = 0.2, codec=None):
@@ -131,6 +132,12 @@ class Gossip(Algorithm):
         except (ConfigError, ValueError):
             self.graph = build_graph("ring", transport.world_size)
         self._buffers = {}
+
+    def is_join_point(self, done: int, workers: int) -> bool:
+        """A rank waits only for its neighbours, so one can run ahead of rank 0 by as many
+        mixing rounds as the graph's diameter (at most workers − 1): join points are that
+        many rounds apart."""
+        return done % (self.every * max(1, workers - 1)) == 0
 
     def after_step(self, step: int) -> None:
         if (step + 1) % self.every or self.transport.world_size == 1:

@@ -69,6 +69,7 @@ class LocalSGD(Algorithm):
     buffers = "average"
     supports = Supports(wrap=True, **LOOP_STEP)   # wrap: finish() runs on_train_end
     elastic = True        # a lost worker: the survivors average among themselves (regroup)
+    joinable = True       # a replacement joins right after an averaging (is_join_point)
 
     def __init__(self, period: int = 8, warmup_steps: int = 0, outer_optimizer=None,
                  bmuf: bool = False, block_momentum: float = 0.9, block_lr: float = 1.0,
@@ -149,6 +150,9 @@ class LocalSGD(Algorithm):
             raise ConfigError(f"{name}: an averaging in flight across steps (pipeline = true or "
                               "overlap_steps > 0) cannot continue after a worker loss; turn the "
                               "overlap off or set faults.on_worker_loss = 'stop'")
+
+    def is_join_point(self, done: int, workers: int) -> bool:
+        return bool(self.due(done))       # every rank just took part in an averaging
 
     def is_sync_step(self, step: int) -> bool:
         return bool(self.due(step + 1))

@@ -63,6 +63,7 @@ class SyncSGD(Algorithm):
     buffers = "rank0"       # gradients are averaged, buffers stay local (DDP); broadcast at setup
     supports = Supports(wrap=True, **LOOP_STEP)
     elastic = True          # a lost worker: the survivors average among themselves
+    joinable = True         # ... and a replacement joins them at any step boundary
 
     def __init__(self, bucket_mb: float = 25.0, overlap: bool = True, sync_batchnorm: bool = False,
                  momentum_correction: bool = False, momentum_masking: bool = False, codec=None):
@@ -113,8 +114,12 @@ class SyncSGD(Algorithm):
         # per bucket: a Reducer (PowerSGD) needs the parameter shapes inside the bucket
         self.codec_states = [init_state(self.codec, b.buffer, [p.shape for p in b.params])
                              for b in self.buckets] if self.codec is not None else []
-        if self.overlap and transport.world_size > 1 and self.codec is None:
-            for p in params:
+        self._register_hooks()
+
+    def _register_hooks(self) -> None:
+        """Start each bucket's all-reduce from backward (overlap), where there is a peer."""
+        if self.overlap and self.transport.world_size > 1 and self.codec is None:
+            for p in self._slot:
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._grad_ready))
 
     def regroup(self, transport) -> None:
@@ -125,6 +130,11 @@ class SyncSGD(Algorithm):
         self._reset()
         if transport.world_size == 1:      # after_backward then keeps the local gradient
             self.close()
+        elif not self._hooks:              # grown again (a replacement joined): overlap again
+            self._register_hooks()
+
+    def is_join_point(self, done: int, workers: int) -> bool:
+        return True                        # every step's all-reduce holds every rank
 
     def _move_momentum_into_codec(self, optimizer, params) -> None:
         """DGC momentum correction: the codec carries the velocity, the optimizer none.

@@ -197,13 +197,18 @@ class Transport:
     # ---- lifecycle -------------------------------------------------------------------
     @classmethod
     def connect(cls, store, rank: int, world_size: int, backend: str = "gloo",
-                timeout_s: float = 60.0, latency_ms: float = 0.0, device_id=None) -> Transport:
+                timeout_s: float = 60.0, latency_ms: float = 0.0, device_id=None,
+                prefix: str | None = None) -> Transport:
         """Join the world through a c10d store (created by the launcher or torchrun).
+
+        ``prefix``: meet under this prefix of ``store`` (a replacement joining the group
+        that the others formed with :meth:`rejoin`, runtime/elastic.py).
 
         Raises:
             PeerError: the other ranks did not join within ``timeout_s``.
         """
-        kwargs = {"store": store} if store is not None else {"init_method": "env://"}
+        meet = dist.PrefixStore(prefix, store) if prefix is not None and store is not None else store
+        kwargs = {"store": meet} if store is not None else {"init_method": "env://"}
         if device_id is not None:
             kwargs["device_id"] = device_id
         try:

@@ -24,15 +24,26 @@ survivor then
 This is the model of torchft and Horovod Elastic (in-memory state, a new communicator)
 rather than TorchElastic's (restart every process, reload a checkpoint). Below
 ``min_workers`` survivors the run stops with one line naming the limit.
+
+With ``--max-restarts`` the launcher also starts a replacement per lost worker, which
+joins the running group (:meth:`Survivors.between_steps`): it asks in the store, rank 0
+announces the next join point (``Algorithm.is_join_point``: no rank can pass it before
+reading the announcement), the members form a new group there with the newcomers last,
+and group rank 0 broadcasts its training state to them (docs/faults.md).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 
+import torch
+
 from distml.comm.state_transfer import broadcast_state
+from distml.comm.transport import Transport
 from distml.errors import PeerError
 
 log = logging.getLogger("distml")
@@ -47,6 +58,19 @@ BELOW_MIN_WORKERS = "fewer than faults.min_workers"
 #: the phrase of the error when a rank that is no worker (a parameter server) died: the
 #: state it held is gone, nothing can continue (the launcher reports it first)
 LOST_SERVER = "the model state it held is lost"
+#: a replacement's request to join: its incarnation (replacements of one launch rank count 1, 2, …)
+JOIN_KEY = "distml/elastic/join/{rank}"
+#: rank 0's announcement: who joins the group of ``generation`` after ``step`` steps
+PLAN_KEY = "distml/elastic/plan/{generation}/{step}"
+#: a replacement's seat in the new group (per incarnation: a stale seat is never taken)
+SEAT_KEY = "distml/elastic/seat/{rank}/{incarnation}"
+#: rank 0 finished training: no replacement is admitted any more
+FINISHED_KEY = "distml/elastic/finished"
+
+
+def incarnation_key(key: str, incarnation: int) -> str:
+    """``key`` (an exit or error key of a launch rank) for its ``incarnation``-th replacement."""
+    return key if not incarnation else f"{key}.{incarnation}"
 
 
 @dataclass
@@ -63,6 +87,39 @@ class MembershipChange:
     phases: dict | None = None   # seconds per phase on this rank: leave, dead, rejoin, agree
 
 
+@dataclass
+class Admission:
+    """A replacement joining, as ``summary.json["membership"]`` records it."""
+
+    step: int                  # the step the group, the newcomers included, went on from
+    joined: list[int]          # the launch ranks that joined
+    workers: int               # workers after the change
+    admission_seconds: float   # on this rank: from the join point to the state received
+    transfer_seconds: float    # the state's broadcast
+    state_bytes: int           # what the lead sent (JSON structure and tensor bytes)
+    admitted_at: float         # unix time the group went on
+    next_step_at: float | None = None   # unix time the first step after it completed
+    join_seconds: float | None = None   # a newcomer's process start to its first completed step
+    startup_seconds: float | None = None   # of which: its start-up until it asked to join
+
+
+@dataclass
+class Replacement:
+    """What the launcher tells a process it starts in place of a lost worker."""
+
+    incarnation: int           # 1 for a launch rank's first replacement, 2 for the next, …
+    started_at: float          # unix time the launcher started the process
+    asked_at: float | None = None   # unix time it asked to join (start-up and build done)
+
+
+class GroupGrew(Exception):
+    """A replacement joined after ``step`` steps: the loop reads the new shards from there."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step
+
+
 class Survivors:
     """The worker group as it shrinks: who is in it and what happened to it.
 
@@ -74,20 +131,30 @@ class Survivors:
         servers: the last ``servers`` ranks of the world are no workers (a parameter
             server's servers): they take part in every new group, after the workers, and
             their death cannot be survived (the shard of the model they held is gone).
+        admit: replacements may join (``--max-restarts``; never with servers).
+        join_wait_s: ``[faults] join_wait_s``.
     """
 
-    def __init__(self, store, launch_rank: int, world: int, min_workers: int, servers: int = 0):
+    def __init__(self, store, launch_rank: int, world: int, min_workers: int, servers: int = 0,
+                 admit: bool = False, join_wait_s: float = 0.0):
         self.store = store
         self.launch_rank = launch_rank
+        self.world = world
         self.members = list(range(world))   # launch ranks, in the order of their group ranks
         self.servers = list(range(world - servers, world))
+        self.incarnations = [0] * world     # of each launch rank (its replacements count up)
         self.min_workers = min_workers
-        self.changes: list[MembershipChange] = []
-        self.generation = 0                 # new groups formed so far (their store prefixes)
+        self.admit = admit                  # replacements may join (--max-restarts)
+        self.join_wait_s = join_wait_s      # rank 0 holds the first join point after a loss
+        self._hold_until: float | None = None
+        self.generation = 0                 # regroupings so far (each meets on a new prefix)
+        self.changes: list[MembershipChange | Admission] = []
+        self.replacement: Replacement | None = None   # this process replaced a lost worker
 
     def dead_now(self) -> list[int]:
         """The other members the launcher has seen die so far (no wait)."""
-        keys = {r: EXIT_KEY.format(rank=r) for r in self.members if r != self.launch_rank}
+        keys = {r: incarnation_key(EXIT_KEY.format(rank=r), self.incarnations[r])
+                for r in self.members if r != self.launch_rank}
         return [r for r, k in keys.items() if self.store.check([k])]
 
     def wait_dead(self, error: PeerError) -> list[int]:
@@ -178,6 +245,7 @@ class Survivors:
         # every rank of the world takes part in making the workers' group (servers too)
         group = world.subgroup(range(workers)) if self.servers else world
         self.members = survivors
+        self._hold_until = None          # set at the first join point from here
         marks.append(time.perf_counter())
         return world, group, dead, marks
 
@@ -186,8 +254,174 @@ class Survivors:
         if self.changes and self.changes[-1].next_step_at is None:
             self.changes[-1].next_step_at = time.time()
 
-    def summary(self) -> list[dict]:
-        return [asdict(c) for c in self.changes]
+    # ---- replacements join (issue 18, point 2) -------------------------------------------
+    def between_steps(self, loop, done: int) -> None:
+        """At a step boundary: admit the replacements rank 0 announced for it, or (rank 0)
+        announce the waiting ones for the next join point.
+
+        Every rank reads the announcement at the same join point (``Algorithm.is_join_point``
+        guarantees no rank passes it before rank 0 wrote it), so all take the same decision
+        at the same step.
+
+        Raises:
+            GroupGrew: the group admitted replacements after ``done`` steps.
+        """
+        if not self.admit or len(self.members) >= self.world or \
+                not loop.parts.algorithm.is_join_point(done, self.world):
+            return
+        plan = PLAN_KEY.format(generation=self.generation, step=done)
+        if self.store.check([plan]):
+            self._admit(loop, done, [tuple(x) for x in json.loads(self.store.get(plan))])
+            raise GroupGrew(done)
+        if loop.rank == 0:
+            self._announce(loop, done)
+
+    def _announce(self, loop, done: int) -> None:
+        """Rank 0: the replacements waiting to join, for the next join point before the end.
+
+        The first join point after a loss waits up to ``join_wait_s`` for a request (the
+        others wait for rank 0 in their next collective meanwhile)."""
+        algorithm, total = loop.parts.algorithm, loop.parts.total_steps
+        point = next((s for s in range(done + 1, total) if algorithm.is_join_point(s, self.world)),
+                     None)
+        if point is None:           # the run ends first
+            return
+        if self._hold_until is None:
+            self._hold_until = time.monotonic() + self.join_wait_s
+        while True:
+            waiting = self._requests()
+            if waiting or time.monotonic() >= self._hold_until:
+                break
+            time.sleep(0.02)
+        if waiting:
+            self.store.set(PLAN_KEY.format(generation=self.generation, step=point),
+                           json.dumps(waiting))
+
+    def _requests(self) -> list[tuple[int, int]]:
+        """The replacements asking to join (launch rank, incarnation), the dead ones left out."""
+        waiting = []
+        for r in range(self.world):
+            key = JOIN_KEY.format(rank=r)
+            if r in self.members or not self.store.check([key]):
+                continue
+            incarnation = int(self.store.get(key))
+            if not self.store.check([incarnation_key(EXIT_KEY.format(rank=r), incarnation)]):
+                waiting.append((r, incarnation))      # (one that died waiting is not seated)
+        return waiting
+
+    def _admit(self, loop, done: int, joining: list[tuple[int, int]]) -> None:
+        """Form the group with the newcomers (old members in their order, newcomers last)
+        and send them the lead's training state."""
+        t0 = time.perf_counter()
+        after = self.members + [r for r, _ in joining]
+        incarnations = list(self.incarnations)
+        for r, incarnation in joining:
+            incarnations[r] = incarnation
+        generation = self.generation + 1
+        prefix = f"distml/elastic/{generation}/"
+        if loop.rank == 0:
+            for r, incarnation in joining:
+                seat = {"prefix": prefix, "rank": after.index(r), "world": len(after), "step": done,
+                        "generation": generation, "members": after, "incarnations": incarnations}
+                self.store.set(SEAT_KEY.format(rank=r, incarnation=incarnation), json.dumps(seat))
+                self.store.delete_key(JOIN_KEY.format(rank=r))
+        old = loop.transport
+        old.barrier()        # nothing of the old group is in flight when it is torn down
+        new = old.rejoin(after.index(self.launch_rank), len(after), prefix)
+        _, transfer, sent = self._transfer(loop, new)
+        loop.regroup(new)
+        self.members, self.incarnations, self.generation = after, incarnations, generation
+        change = Admission(step=done, joined=[r for r, _ in joining], workers=len(after),
+                           admission_seconds=time.perf_counter() - t0, transfer_seconds=transfer,
+                           state_bytes=sent, admitted_at=time.time())
+        self.changes.append(change)
+        log.warning("membership: rank %s joined; continuing with %d workers from step %d "
+                    "(admitted in %.2f s, state %d bytes in %.3f s)",
+                    ", ".join(str(r) for r in change.joined), len(after), done,
+                    change.admission_seconds, sent, transfer)
+
+    @staticmethod
+    def _transfer(loop, new: Transport) -> tuple[dict, float, int]:
+        """Group rank 0 broadcasts its training state (a live peer's, at this step): a
+        newcomer loads it, the others, who have their own (local SGD's momentum), drop it.
+        Returns the state, the seconds and the bytes this rank sent or received."""
+        t0, before = time.perf_counter(), new.stats.bytes_sent + new.stats.bytes_received
+        state = broadcast_state(new, loop.transfer_state() if new.rank == 0 else None, 0)
+        moved = new.stats.bytes_sent + new.stats.bytes_received - before
+        return state, time.perf_counter() - t0, moved
+
+    def take_seat(self, loop, seat: dict, replacement: Replacement) -> None:
+        """A replacement in its new group: take the lead's state and the data position."""
+        t0 = time.perf_counter()
+        self.members, self.incarnations = list(seat["members"]), list(seat["incarnations"])
+        self.generation, self.replacement = int(seat["generation"]), replacement
+        state, transfer, received = self._transfer(loop, loop.transport)
+        loop.load_transfer_state(state)
+        loop.regroup(loop.transport)       # its shard among the new group, the algorithm adapted
+        loop.start_step = int(seat["step"])
+        self.changes.append(Admission(step=loop.start_step, joined=[self.launch_rank],
+                                      workers=len(self.members),
+                                      admission_seconds=time.perf_counter() - t0,
+                                      transfer_seconds=transfer, state_bytes=received,
+                                      admitted_at=time.time()))
+        log.warning("membership: joined the running group as rank %d of %d at step %d",
+                    loop.rank, len(self.members), loop.start_step)
+
+    def finish(self, loop) -> None:
+        """Rank 0 finished training: a replacement still waiting gives up."""
+        if self.admit and loop.rank == 0:
+            self.store.set(FINISHED_KEY, "1")
+
+    def rank_record(self, model: torch.nn.Module) -> dict:
+        """What rank 0 needs from this rank for the summary: the launch rank, a replacement's
+        start and first completed step, and a digest of the model (replicas compared)."""
+        digest = hashlib.sha256()
+        for t in model.state_dict().values():
+            digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        own = self.changes[0] if self.replacement is not None and self.changes else None
+        return {"launch_rank": self.launch_rank, "model_sha256": digest.hexdigest(),
+                "started_at": self.replacement.started_at if own else None,
+                "asked_at": self.replacement.asked_at if own else None,
+                "first_step_at": own.next_step_at if own else None}
+
+    def summary(self, per_rank: list[dict] | None = None) -> list[dict]:
+        """``membership``; an admission's ``join_seconds`` from the newcomers' own records."""
+        out = [asdict(c) for c in self.changes]
+        for entry in out:
+            if "joined" not in entry:
+                continue
+            mine = [r for r in per_rank or []
+                    if r and r.get("launch_rank") in entry["joined"] and r.get("first_step_at")]
+            entry["join_seconds"] = round(max(r["first_step_at"] - r["started_at"] for r in mine),
+                                          3) if mine else None
+            # of which: the process's start-up and build, until it asked to join
+            entry["startup_seconds"] = round(max(r["asked_at"] - r["started_at"] for r in mine),
+                                             3) if mine else None
+        return out
+
+
+def await_seat(store, launch_rank: int, replacement: Replacement, wait_s: float) -> dict | None:
+    """A replacement asks to join and waits for its seat; None: the run finished first.
+
+    The seat is keyed by this process's incarnation, so a seat left for an earlier
+    replacement of the same rank (one that died) is never taken.
+
+    Raises:
+        PeerError: no seat within ``wait_s``.
+    """
+    store.set(JOIN_KEY.format(rank=launch_rank), str(replacement.incarnation))
+    replacement.asked_at = time.time()
+    seat = SEAT_KEY.format(rank=launch_rank, incarnation=replacement.incarnation)
+    deadline = time.monotonic() + wait_s
+    while True:
+        if store.check([seat]):
+            return json.loads(store.get(seat))
+        if store.check([FINISHED_KEY]):
+            return None
+        if time.monotonic() > deadline:
+            raise PeerError(f"rank {launch_rank}: the running group did not admit this "
+                            f"replacement within {wait_s:g} s")
+        time.sleep(0.02)
 
 
 def _drop_frames(error: BaseException) -> None:

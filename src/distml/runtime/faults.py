@@ -65,8 +65,9 @@ def check_worker_loss(cfg: FaultsConfig, workers: int, algorithm, name: str) -> 
             ``min_workers`` above ``workers``, or ``min_workers`` without "continue".
     """
     if cfg.on_worker_loss != "continue":
-        if cfg.min_workers != 1:
-            raise ConfigError("faults.min_workers applies to on_worker_loss = 'continue' only; "
+        if cfg.min_workers != 1 or cfg.join_wait_s:
+            what = "min_workers" if cfg.min_workers != 1 else "join_wait_s"
+            raise ConfigError(f"faults.{what} applies to on_worker_loss = 'continue' only; "
                               "remove it or set faults.on_worker_loss = 'continue'")
         return
     if not algorithm.elastic:

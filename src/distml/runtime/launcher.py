@@ -8,7 +8,9 @@ failure is reported in one line that names its rank.
 
 With restarts (``distml run --max-restarts N``, the local equivalent of torchrun's),
 a failed group is stopped as a whole and started again from the latest committed
-checkpoint, up to N times, with one line per restart.
+checkpoint, up to N times, with one line per restart. With ``[faults] on_worker_loss =
+"continue"`` a lost worker is replaced instead: a new process of its rank joins the
+survivors, who never stopped (runtime/elastic.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from typing import Any
 from distml.comm.transport import Transport
 from distml.errors import PeerError, UserError
 from distml.runtime.checkpoint import Checkpoints
-from distml.runtime.elastic import BELOW_MIN_WORKERS, EXIT_KEY, LOST_SERVER
+from distml.runtime.elastic import (BELOW_MIN_WORKERS, EXIT_KEY, LOST_SERVER, Replacement,
+                                      incarnation_key)
 from distml.runtime.hang import HangCollector
 from distml.runtime.live import live_view, without_progress_bar
 from distml.runtime.worker import EXIT_USER, Rendezvous, WorkerJob, run_worker_process
@@ -70,9 +73,10 @@ class WorkerExit:
 class LaunchFailed(Exception):
     """A worker failed: ``first`` is the failure that started it."""
 
-    def __init__(self, first: WorkerExit, exits: list[WorkerExit]):
+    def __init__(self, first: WorkerExit, exits: list[WorkerExit], replaced: int = 0):
         self.first = first
         self.exits = exits
+        self.replaced = replaced      # replacements started before it failed
         super().__init__(f"rank {first.rank}: {first.line}")
 
     @property
@@ -112,11 +116,12 @@ def _child(rank: int, world: int, port: int, job: WorkerJob, timeout_s: float,
     die_with_parent(launcher_pid)
     _loopback_env(os.environ)
     store_box: dict[str, Any] = {}
+    incarnation = job.replacement.incarnation if job.replacement is not None else 0
 
     def report(r: int, code: int, line: str) -> None:
         try:
             store = store_box.get("s") or Transport.store_client(LOOPBACK, port, 10.0)
-            store.set(_ERROR_KEY.format(rank=r), f"{code}\n{line}")
+            store.set(incarnation_key(_ERROR_KEY.format(rank=r), incarnation), f"{code}\n{line}")
         except Exception:   # the launcher then reports the exit code alone
             pass
 
@@ -170,9 +175,9 @@ def _host_store(timeout_s: float):
     return store, port
 
 
-def _read_error(store, rank: int) -> tuple[int, str] | None:
+def _read_error(store, rank: int, incarnation: int = 0) -> tuple[int, str] | None:
     try:
-        key = _ERROR_KEY.format(rank=rank)
+        key = incarnation_key(_ERROR_KEY.format(rank=rank), incarnation)
         if store.check([key]):
             code, _, line = store.get(key).decode().partition("\n")
             return int(code), line
@@ -211,12 +216,18 @@ def oversubscribed(config: dict[str, Any], world: int, say=None) -> dict[str, An
     return {**config, "train": {**config.get("train", {}), "threads_per_worker": 1}}
 
 
-def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
+def launch_local(job: WorkerJob, world: int, timeout_s: float, replacements: int = 0,
+                 say=None) -> int:
     """Run ``world`` workers on this host and wait for them.
 
     With ``[faults] on_worker_loss = "continue"`` a worker that dies (anything but a
     user error) does not stop the others: they regroup (runtime/elastic.py) and the run
-    succeeds if they finish; one line per lost worker says so.
+    succeeds if they finish; one line per lost worker says so. With ``replacements``
+    (``--max-restarts``), each lost worker is also replaced, up to that many times in
+    all: a new process of the same launch rank that joins the running group.
+
+    Returns:
+        the number of replacements started.
 
     Raises:
         LaunchFailed: a worker failed; the others were given ``timeout_s`` to exit and
@@ -225,56 +236,77 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
     job = replace(job, config=oversubscribed(job.config, world))
     faults = job.config.get("faults") or {}
     survivable = faults.get("on_worker_loss") == "continue"
+    job = replace(job, admit_replacements=survivable and replacements > 0)
     store, port = _host_store(timeout_s)
     view = live_view(job.config, job.out_dir, world)    # every rank's progress, from here
     if view is not None:
         job = replace(job, config=without_progress_bar(job.config))
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(r, world, port, job, timeout_s, os.getpid()),
-                         name=f"distml-rank{r}", daemon=False) for r in range(world)]
+
+    def start(rank: int, incarnation: int) -> mp.Process:
+        rjob = job if not incarnation else _replacement_job(job, incarnation)
+        p = ctx.Process(target=_child, args=(rank, world, port, rjob, timeout_s, os.getpid()),
+                        name=f"distml-rank{rank}" + (f".{incarnation}" if incarnation else ""),
+                        daemon=False)
+        p.start()
+        return p
+
+    # one entry per process started: (launch rank, incarnation), the process
+    slots: list[tuple[int, int]] = [(r, 0) for r in range(world)]
+    procs: list = []
     exits: dict[int, WorkerExit] = {}
     hangs = HangCollector(world)
+    replaced = 0
     try:
-        for p in procs:
+        for r in range(world):
             try:
-                p.start()
+                procs.append(start(r, 0))
             except (pickle.PicklingError, AttributeError, TypeError) as e:
                 raise UserError(f"the model, data or registered parts given to distml cannot be "
                                 f"sent to worker processes ({e}); define them at the top level "
                                 "of a module, not inside a function or as a lambda") from None
         deadline = None
-        while len(exits) < world:
-            multiprocessing.connection.wait([p.sentinel for r, p in enumerate(procs) if r not in exits], timeout=0.5)
+        while len(exits) < len(procs):
+            multiprocessing.connection.wait([p.sentinel for i, p in enumerate(procs) if i not in exits],
+                                            timeout=0.5)
             if view is not None:
                 view.tick()
             hang = hangs.poll(store)
             if hang is not None:    # the ranks' own lines come later, when the op times out
                 print(f"distml: hang: {hang} (stacks in {job.out_dir}/logs)", file=sys.stderr, flush=True)
             now = time.monotonic()
-            for r, p in enumerate(procs):
-                if r in exits or p.exitcode is None:
+            for i, p in enumerate(list(procs)):
+                if i in exits or p.exitcode is None:
                     continue
-                reported = _read_error(store, r)
+                r, incarnation = slots[i]
+                reported = _read_error(store, r, incarnation)
                 code = p.exitcode
                 line = reported[1] if reported else _describe_exit(code)
                 if code == EXIT_MAIN_REIMPORTED and reported is None:
                     code, line = EXIT_USER, UNGUARDED_MAIN
-                exits[r] = WorkerExit(r, code, line, now)
+                exits[i] = WorkerExit(r, code, line, now)
                 if code != 0 and not _is_peer_echo(line):
                     try:        # lets the survivors name the dead rank in their own errors
-                        store.set(_EXIT_KEY.format(rank=r), _describe_exit(code) if reported is None
-                                  else f"failed: {line}")
+                        store.set(incarnation_key(_EXIT_KEY.format(rank=r), incarnation),
+                                  _describe_exit(code) if reported is None else f"failed: {line}")
                     except Exception:
                         pass
-                if code != 0 and deadline is None and not (survivable and _is_loss(exits[r])):
+                lost = survivable and _is_loss(exits[i])
+                if code != 0 and deadline is None and not lost:
                     deadline = now + timeout_s + 5.0
+                if lost and deadline is None and replaced < replacements:
+                    replaced += 1
+                    (say or _say)(f"distml: replacement {replaced}/{replacements}: rank {r}: "
+                                  f"{line}; a new process joins the running group")
+                    nxt = 1 + max(inc for rr, inc in slots if rr == r)
+                    slots.append((r, nxt))
+                    procs.append(start(r, nxt))
             if deadline is not None and now > deadline:
                 _stop(procs)
-                for r, p in enumerate(procs):
-                    if r not in exits:
-                        exits[r] = WorkerExit(r, p.exitcode if p.exitcode is not None else -9,
-                                              STOPPED_AFTER_PEER,
-                                              time.monotonic())
+                for i, p in enumerate(procs):
+                    if i not in exits:
+                        exits[i] = WorkerExit(slots[i][0], p.exitcode if p.exitcode is not None else -9,
+                                              STOPPED_AFTER_PEER, time.monotonic())
     except KeyboardInterrupt:
         _stop(procs)
         raise
@@ -284,14 +316,27 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float) -> None:
         if view is not None:
             view.close()
     failed = sorted((e for e in exits.values() if e.code != 0), key=lambda e: (e.at, e.code != EXIT_USER))
-    if survivable and failed and len(failed) < world and all(_is_loss(e) for e in failed):
+    if survivable and failed and len(failed) < len(procs) and all(_is_loss(e) for e in failed):
         for e in failed:        # the survivors finished without them
             print(f"distml: worker lost: rank {e.rank}: {e.line}; the others continued",
                   file=sys.stderr, flush=True)
-        return
+        return replaced
     if failed:
         below = [e for e in failed if BELOW_MIN_WORKERS in e.line or LOST_SERVER in e.line]
-        raise LaunchFailed(below[0] if below else _first_cause(failed), failed)
+        raise LaunchFailed(below[0] if below else _first_cause(failed), failed, replaced)
+    return replaced
+
+
+def _replacement_job(job: WorkerJob, incarnation: int) -> WorkerJob:
+    """The job of a process that replaces a lost worker: it joins the running group (no
+    resume from a checkpoint), and an injected ``[faults] crash`` is for the original only."""
+    faults = {k: v for k, v in (job.config.get("faults") or {}).items() if k != "crash"}
+    return replace(job, config={**job.config, "faults": faults}, resume=False,
+                   replacement=Replacement(incarnation=incarnation, started_at=time.time()))
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def launch_local_restarting(job: WorkerJob, world: int, timeout_s: float, max_restarts: int,
@@ -315,17 +360,18 @@ def launch_local_restarting(job: WorkerJob, world: int, timeout_s: float, max_re
     Raises:
         LaunchFailed: a user error, or a failure after ``max_restarts`` restarts.
     """
-    if say is None:
-        def say(line: str) -> None:
-            print(line, file=sys.stderr, flush=True)
+    say = say or _say
     ckpts = Checkpoints(Path(job.out_dir) / "checkpoints", rank=0)
     log: list[dict] = list(job.restart_log)
+    replaced = 0        # with on_worker_loss = "continue", a replacement counts as a restart
     while True:
         try:
-            launch_local(job, world, timeout_s)
-            return len(log)
+            replaced += launch_local(job, world, timeout_s, replacements=max_restarts - len(log) - replaced,
+                                     say=say)
+            return len(log) + replaced
         except LaunchFailed as e:
-            if e.user_error or len(log) >= max_restarts:
+            replaced += e.replaced
+            if e.user_error or len(log) + replaced >= max_restarts:
                 raise
             step = ckpts.latest_step()
             where = (f"resuming from the checkpoint at step {step}" if step is not None else

@@ -24,6 +24,7 @@ from distml.errors import PeerError, UserError
 from distml.partition.steps import batches
 from distml.runtime.build import Parts, shard_loader
 from distml.runtime.checkpoint import Checkpoints
+from distml.runtime.elastic import GroupGrew
 from distml.runtime.evaluate import evaluate
 from distml.runtime.faults import make_faults
 from distml.runtime.metrics import RunLog, StepClock
@@ -56,14 +57,17 @@ class TrainLoop:
         transport: this rank's transport.
         out_dir: the run folder (``runs/<name>``).
         device: where batches go.
+        launch_rank: the rank the launcher started this process as (its files and injected
+            faults); differs from ``transport.rank`` for a replacement (runtime/elastic.py).
     """
 
     def __init__(self, config: RunConfig, parts: Parts, transport, out_dir: Path,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", launch_rank: int | None = None):
         self.config = config
         self.parts = parts
         self.transport = transport
         self.rank = transport.rank
+        self.launch_rank = transport.rank if launch_rank is None else launch_rank
         self.out_dir = Path(out_dir)
         self.device = device
         self.dtype = getattr(torch, config.train.dtype)
@@ -79,7 +83,7 @@ class TrainLoop:
         self.resume_requested: bool = False
         self.stop_after: int | None = None
         # injected stragglers / delays (runtime/faults.py); None without a [faults] section
-        self.faults = make_faults(config.faults, self.rank, config.seed, transport.stats)
+        self.faults = make_faults(config.faults, self.launch_rank, config.seed, transport.stats)
         self.algorithm_metrics: dict[str, Any] = {}   # the last Algorithm.at_eval() figures
         # [faults] on_worker_loss = "continue": regroups after a worker loss (runtime/elastic.py)
         self.survivors = None
@@ -316,8 +320,9 @@ class TrainLoop:
         p = self.parts
         loss_window = self.resume() if resume else []
         out = self.out_dir
-        sink = RunLog(out, self.rank, resume_step=self.start_step if resume else None,
-                      tensorboard=cfg.tensorboard)
+        # a replacement starts mid-run (start_step > 0): it appends to its rank's events
+        sink = RunLog(out, self.launch_rank, tensorboard=cfg.tensorboard, lead=self.rank == 0,
+                      resume_step=self.start_step if resume or self.start_step else None)
         p.model.train()
         bar = _progress(self.rank == 0 and cfg.progress, p.total_steps, self.start_step)
         eval_every = cfg.eval_every or p.steps_per_epoch
@@ -379,6 +384,8 @@ class TrainLoop:
                             self.save_checkpoint(done, wall(), loss_window)
                             return LoopResult(done, done - self.start_step, wall(), self.time_to_target,
                                               {}, last_loss, self.clock, completed=False)
+                        if self.survivors is not None:     # a replacement may join here
+                            self.survivors.between_steps(self, done)
                     p.algorithm.on_train_end(done)   # e.g. a parameter-server worker's last push and final pull
                     self.check_finite_model(done)    # before model.pt and the summary are written
                     total_wall = wall()
@@ -395,6 +402,8 @@ class TrainLoop:
                     self.start_step, self._applied = done, False
                     if self.rank == 0:
                         sink.lead(out)
+                except GroupGrew as e:       # read the new group's shards from the join point
+                    done = self.start_step = e.step
         finally:
             if bar is not None:
                 bar.close()

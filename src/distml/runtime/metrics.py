@@ -92,10 +92,12 @@ class RunLog:
     """
 
     def __init__(self, out_dir: Path, rank: int, resume_step: int | None = None,
-                 tensorboard: bool | None = None):
+                 tensorboard: bool | None = None, lead: bool | None = None):
         out_dir = Path(out_dir)
         self.events = JsonlLog(out_dir / f"events-rank{rank}.jsonl", resume_step)
-        self.evals = JsonlLog(out_dir / "eval.jsonl", resume_step) if rank == 0 else None
+        # the evaluating rank (default rank 0; a replacement of launch rank 0 is not it)
+        lead = rank == 0 if lead is None else lead
+        self.evals = JsonlLog(out_dir / "eval.jsonl", resume_step) if lead else None
         self._tb = None
         if tensorboard if tensorboard is not None else tensorboard_installed():
             self._tb = _tensorboard_writer(out_dir / "tensorboard" / f"rank{rank}", resume_step)

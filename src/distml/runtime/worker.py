@@ -24,7 +24,7 @@ from distml.errors import CheckpointError, PeerError, UserError
 from distml.runtime.build import UserParts, build_parts, restore_registrations
 from distml.runtime.checkpoint import Checkpoints, agree_on_resume, save_torch_atomic
 from distml.runtime.devices import resolve_device
-from distml.runtime.elastic import Survivors
+from distml.runtime.elastic import Replacement, Survivors, await_seat
 from distml.runtime.faults import arm_crash
 from distml.runtime.hang import HangWatch
 from distml.runtime.loop import TrainLoop
@@ -53,6 +53,10 @@ class WorkerJob:
     restart_log: list = field(default_factory=list)
     # torchrun: after a restart, continue from rank 0's committed checkpoint if there is one
     elastic: bool = False
+    # [faults] on_worker_loss = "continue" with --max-restarts: replacements may join
+    admit_replacements: bool = False
+    # this process replaces a lost worker and joins the running group (runtime/elastic.py)
+    replacement: Replacement | None = None
 
 
 @dataclass
@@ -107,21 +111,30 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
     log.info("starting: pid %d, world %d, backend %s, device %s", os.getpid(), world, backend, device)
     # build before joining: a data or config error then fails fast on every rank
     parts = build_parts(config, rank, world, device, job.user)
-    transport = Transport.connect(rendezvous.store(config.comm.timeout_s), rank, world,
+    store, seat = rendezvous.store(config.comm.timeout_s), None
+    if job.replacement is not None:     # ask the running group for a seat (runtime/elastic.py)
+        seat = await_seat(store, rank, job.replacement, wait_s=10 * config.comm.timeout_s)
+        if seat is None:
+            log.info("the run finished before this replacement could join")
+            return
+    transport = Transport.connect(store, seat["rank"] if seat else rank,
+                                  seat["world"] if seat else world,
                                   backend=backend, timeout_s=config.comm.timeout_s,
                                   latency_ms=config.comm.latency_ms,
-                                  device_id=device if device.type == "cuda" else None)
-    if config.comm.place_threads == "auto":
+                                  device_id=device if device.type == "cuda" else None,
+                                  prefix=seat["prefix"] if seat else None)
+    if config.comm.place_threads == "auto" and seat is None:
         placed = transport.place_threads(local_rank, rendezvous.local_world(world),
                                          threads_per_rank=config.train.threads_per_worker)
         if placed is not None:
             log.info("gloo threads placed: %s", placed)
-    arm_crash(config.faults, rank)      # [faults] crash: tests of failure detection
+    if seat is None:    # [faults] crash: tests of failure detection (the original process only)
+        arm_crash(config.faults, rank)
     # reports who waits for whom when an operation nears comm.timeout_s (runtime/hang.py)
     watch = HangWatch(transport.oplog, rank, config.comm.timeout_s, rank_log_path(out_dir, rank),
                       rendezvous.store(config.comm.timeout_s)).start()
     try:
-        train_joined(rank, config, parts, transport, job, device, backend)
+        train_joined(rank, config, parts, transport, job, device, backend, seat)
         del parts
         gc.collect()
         transport.close()
@@ -133,13 +146,14 @@ def train_worker(rank: int, world: int, local_rank: int, rendezvous: Rendezvous,
 
 
 def train_joined(rank: int, config: RunConfig, parts, transport: Transport, job: WorkerJob,
-                 device: torch.device, backend: str) -> None:
+                 device: torch.device, backend: str, seat: dict | None = None) -> None:
     """Train ``parts`` as ``rank`` of the world ``transport`` has joined, and write the results.
 
     Everything a worker does between joining and leaving: resume agreement, the
     algorithm's setup, the loop, the summary and ``model.pt`` (rank 0). The world stays
     joined afterwards, so a caller may train another config in it (the compatibility
-    matrix test does) before it closes the transport.
+    matrix test does) before it closes the transport. ``seat``: a replacement's place in
+    the running group (``rank`` is then its launch rank).
     """
     out_dir = Path(job.out_dir)
     resume, restarts, resume_step = job.resume, job.restarts, None
@@ -150,18 +164,25 @@ def train_joined(rank: int, config: RunConfig, parts, transport: Transport, job:
         if job.resume and resume_step is None:
             raise CheckpointError(f"--resume: rank 0 found no committed checkpoint in "
                                   f"{out_dir}/checkpoints")
-    parts.algorithm.setup(parts.model, parts.optimizer, transport)
+    # a replacement sets its algorithm up alone (the group is mid-run, it makes no setup
+    # collectives), then takes the lead's state and regroups like a survivor
+    parts.algorithm.setup(parts.model, parts.optimizer,
+                          transport if seat is None else Transport(0, 1, config.comm.timeout_s))
     torch.manual_seed(config.seed * 100003 + rank)    # dropout etc. differ across ranks
-    loop = TrainLoop(config, parts, transport, out_dir, device)
+    loop = TrainLoop(config, parts, transport, out_dir, device, launch_rank=rank)
     if resume:
         loop.checkpoints.pin(resume_step)
         log.info("resuming from rank 0's checkpoint at step %d (restarts so far: %d)",
                  resume_step, restarts)
     loop.resume_requested, loop.stop_after = resume, job.stop_after
     if config.faults.on_worker_loss == "continue":
-        loop.survivors = Survivors(transport.store, rank, transport.world_size,
-                                   config.faults.min_workers,
-                                   servers=transport.world_size - config.workers)
+        loop.survivors = Survivors(transport.store, rank, len(seat["incarnations"]) if seat
+                                   else transport.world_size, config.faults.min_workers,
+                                   servers=transport.world_size - config.workers,
+                                   admit=job.admit_replacements,
+                                   join_wait_s=config.faults.join_wait_s)
+        if seat is not None:
+            loop.survivors.take_seat(loop, seat, job.replacement)
     if parts.algorithm.owns_loop:
         result = parts.algorithm.run(loop)
     else:
@@ -169,6 +190,8 @@ def train_joined(rank: int, config: RunConfig, parts, transport: Transport, job:
     # after a worker loss the survivors train in a new group, with new ranks (otherwise
     # loop.transport may be a narrowed subgroup, e.g. the parameter server's workers, and
     # the summary below gathers over every process)
+    if loop.survivors is not None:
+        loop.survivors.finish(loop)
     if loop.regrouped:     # the survivors' world (servers included), not the workers' group
         transport = loop.transport.parent or loop.transport
         rank = transport.rank
@@ -182,6 +205,8 @@ def train_joined(rank: int, config: RunConfig, parts, transport: Transport, job:
               "messages": transport.stats.messages,
               "ops": transport.stats.snapshot()["ops"]}
     totals.update(parts.algorithm.rank_metrics())   # e.g. role, staleness, server counters (ps)
+    if loop.survivors is not None:
+        totals["elastic"] = loop.survivors.rank_record(parts.model)
     # ranks that finished first (servers, asynchronous workers) outwait rank 0's final evaluation
     transport.barrier(timeout_s=transport.eval_wait_s)
     all_ranks = transport.all_gather_json(totals)
@@ -197,7 +222,8 @@ def train_joined(rank: int, config: RunConfig, parts, transport: Transport, job:
                                    "restarts": restarts, "restart_log": job.restart_log,
                                    "algorithm_metrics": loop.algorithm_metrics,
                                    "workers_at_start": config.workers,
-                                   "membership": loop.survivors.summary()
+                                   "membership": loop.survivors.summary(
+                                       [r.get("elastic") for r in all_ranks])
                                    if loop.survivors is not None else [],
                                    **parts.algorithm.summary_extra(all_ranks)})
         save_torch_atomic(out_dir / "model.pt", parts.algorithm.eval_model().state_dict())
