@@ -18,15 +18,20 @@ What it checks (issue 17):
   counts differenced to drop set-up traffic, times TCP goodput η) against 2(N−1)/N·M, and
   step time against the α–β model, at 2, 4, 8, 16 ranks;
 - **parameter server** at 8 workers with 1, 2, 4 servers (each its own host): aggregate
-  push throughput (bytes pushed per second by all workers);
+  push throughput (bytes pushed per second by all workers), on links capped at
+  ``PROTOCOL["ps_rate"]`` (the same for every server count);
 - **the cost model at the sizes it projects to**: ``distml simulate`` calibrated on a
   2-worker profile (unlimited links) predicts the step time at 4, 8, 16 workers of sync
-  SGD, QSGD 4 bit, the parameter server (BSP, 1 server) and gossip on a ring;
+  SGD, QSGD 4 bit, the parameter server (BSP, 1 server) and gossip on a ring, told the
+  machine's cores (every rank shares them: ``simulate.compute_per_step``);
 - local SGD and ADMM run at 8 and 16 ranks (step time reported, no goal).
 
 Needs root (namespaces); deletes everything it creates.
 
     python bench/scale.py            # the documented run (3 repeats)
+    python bench/scale.py --parts ps,model   # some parts (gossip, allreduce, model, ps, extras),
+                                     # the full protocol; the others' numbers are kept from the
+                                     # last result file and named in details["carried_over"]
     python bench/scale.py --quick    # smoke check: 2 and 4 ranks, fewer steps, same path
 """
 
