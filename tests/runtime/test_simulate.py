@@ -138,13 +138,3 @@ def test_compute_slows_by_ranks_per_core_when_ranks_share_a_host(tmp_path):
     assert sim.processes(prof, 8, servers=4) == 12
     assert sim.compute_per_step(prof, 8, cores=2, servers=4) == pytest.approx(0.05 * 6 / 1.5)
 
-
-def test_gossip_keeps_its_collectives_whose_hops_grow_with_the_workers():
-    # a ring: 1 MB to each of 2 neighbours a step, and every 10 steps an all-reduce of 8 kB
-    prof = {"algorithm": "gossip", "workers": 2, "topology": {"servers": 1, "graph": "ring"},
-            "ops": {"send": {"bytes": 1e6, "calls": 1.0}, "all_reduce": {"bytes": 800.0, "calls": 0.1}},
-            "compute_per_step": 0.0, "comm_per_step": 0.0, "calls_per_step": 1.1}
-    bw, a = 1e6, 1e-3
-    n = 16                  # 2 neighbours (1 at the profile's 2 workers), 2·15 hops an all-reduce
-    expected = 2 * (1.0 + a) + (2 * 15 / 16 * 800 / bw + 0.1 * 2 * 15 * a)
-    assert sim.predict_comm(prof, n, bw, efficiency=1.0, alpha_sw=a) == pytest.approx(expected)
