@@ -59,7 +59,10 @@ the target share one host's C cores (the test bed: every "host" a namespace of o
 machine; or several ranks per node), they compute at the same time and each gets C/R of
 a core: compute per step scales by ``max(1, R/C) / max(1, R₀/C)`` (:func:`oversubscription`),
 R₀ the profile's processes (its workers and servers, all on one machine). Only machine
-facts enter: the cores and how many ranks share them; nothing is fitted.
+facts enter: the cores and how many ranks share them; nothing is fitted. It assumes every
+rank computes at once (gossip, BSP after a barrier): an upper bound where ranks spend
+much of a step blocked in communication (bench/scale.py and bench/cost_model.py measured
+1.1–1.6× instead of 2–3× for PowerSGD and top-k at 4–6 ranks on 2 cores).
 
 step time = compute + Σ over the collectives of the step (no overlap: an upper bound);
 throughput = N / step time worker-steps (batches) per second; scaling efficiency =
