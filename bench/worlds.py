@@ -26,10 +26,19 @@ class Session:
     force (``PROTOCOL`` with its ``"quick"`` overrides under ``--quick``), the load
     averages seen (``loads``), and :meth:`log` (stderr, recording the load each time)."""
 
-    def __init__(self, bench: str, doc: str, protocol: dict, quick_help: str):
+    def __init__(self, bench: str, doc: str, protocol: dict, quick_help: str,
+                 parts: tuple[str, ...] = ()):
         ap = argparse.ArgumentParser(description=doc.split("\n")[0])
         ap.add_argument("--quick", action="store_true", help=quick_help)
-        self.quick = ap.parse_args().quick
+        if parts:
+            ap.add_argument("--parts", default=",".join(parts),
+                            help=f"comma-separated parts to run (default: all of {', '.join(parts)})")
+        args = ap.parse_args()
+        self.quick = args.quick
+        self.parts = [x for x in parts if x in args.parts.split(",")] if parts else []
+        unknown = set(args.parts.split(",")) - set(parts) if parts else set()
+        if unknown or (parts and not self.parts):
+            raise SystemExit(f"bench/{bench}.py: --parts takes {', '.join(parts)}, got {args.parts!r}")
         reason = can_make_namespaces()
         if reason:
             raise SystemExit(f"bench/{bench}.py needs network namespaces: {reason}")

@@ -98,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="software seconds per message hop added to --latency: 0 (default: the "
                          "physical network alone, for other hosts), calibrated (measured on the "
                          "profile's machine) or a value such as 2ms")
+    sm.add_argument("--cores", type=int, default=None,
+                    help="cores of a target host; with more ranks than cores on it, compute slows by "
+                         "ranks/cores (default: a host per rank with cores to spare)")
+    sm.add_argument("--ranks-per-host", type=int, default=None,
+                    help="ranks sharing a host's --cores (default: all of them, as on one machine)")
     sm.add_argument("--json", action="store_true")
 
     li = sub.add_parser("list", help="list registered models, optimizers, sources, algorithms, ...")
@@ -284,6 +289,8 @@ def cmd_simulate(args) -> int:
         raise UserError(f"--workers must be comma-separated integers, got {args.workers!r}") from None
     if any(w < 1 for w in workers) or args.servers < 1 or args.degree < 1:
         raise UserError("--workers, --servers and --degree must be >= 1")
+    if (args.cores is not None and args.cores < 1) or (args.ranks_per_host is not None and args.ranks_per_host < 1):
+        raise UserError("--cores and --ranks-per-host must be >= 1")
     if args.goodput is not None and not 0 < args.goodput <= 1:
         raise UserError(f"--goodput must be in (0, 1], got {args.goodput}")
     prof = profile(Path(args.profile))
@@ -291,7 +298,8 @@ def cmd_simulate(args) -> int:
     alpha_sw = measured_sw if args.software_latency == "calibrated" else parse_latency(args.software_latency)
     goodput = wire_efficiency() if args.goodput is None else args.goodput
     rows = project(prof, workers, parse_bandwidth(args.bandwidth), parse_latency(args.latency),
-                   args.servers, args.degree, efficiency=goodput, alpha_sw=alpha_sw)
+                   args.servers, args.degree, efficiency=goodput, alpha_sw=alpha_sw,
+                   cores=args.cores, ranks_per_host=args.ranks_per_host)
     if args.json:
         print(json.dumps({"profile": prof, "goodput": goodput, "software_latency_s": alpha_sw,
                           "calibrated_software_latency_s": measured_sw, "projection": rows}, indent=2))

@@ -118,3 +118,23 @@ def test_simulate_says_what_it_calibrated_from(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:                      # renamed: --goodput
         main(["simulate", "--profile", str(run), "--efficiency", "0.5"])
     assert e.value.code == 2
+
+
+def test_compute_slows_by_ranks_per_core_when_ranks_share_a_host(tmp_path):
+    ops = {"all_reduce": {"calls": 100, "bytes_sent": 100 * 1e6, "seconds": 0.1}}
+    prof = sim.profile(_run_dir(tmp_path, ops))          # 2 workers, 50 ms of compute a step
+    bw = 12.5e6
+    # 16 ranks on 2 cores: each gets 1/8 of a core; the profile's 2 ranks had one each
+    assert sim.compute_per_step(prof, 16, cores=2) == pytest.approx(0.05 * 8)
+    assert sim.compute_per_step(prof, 16, cores=2, ranks_per_host=1) == pytest.approx(0.05)
+    assert sim.compute_per_step(prof, 3, cores=4) == pytest.approx(0.05)      # cores to spare
+    assert sim.compute_per_step(prof, 16, cores=1) == pytest.approx(0.05 * 16 / 2)
+    shared = sim.predict_step(prof, 16, bw, cores=2)
+    assert shared - sim.predict_step(prof, 16, bw) == pytest.approx(0.05 * 7)
+    with pytest.raises(ValueError, match="ranks and cores must be >= 1"):
+        sim.oversubscription(4, 0)
+    # the parameter server's servers are ranks too: 8 workers + 4 servers against 2 + 1
+    prof["algorithm"], prof["topology"] = "ps", {"servers": 1}
+    assert sim.processes(prof, 8, servers=4) == 12
+    assert sim.compute_per_step(prof, 8, cores=2, servers=4) == pytest.approx(0.05 * 6 / 1.5)
+

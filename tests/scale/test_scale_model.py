@@ -53,3 +53,14 @@ def test_call_latency_adds_once_per_call_not_per_hop(tmp_path):
     assert prof["topology"] is None and prof["calls_per_step"] == 4.0     # barriers pay it too
     base = sim.predict_comm(prof, 8, 1e7, alpha_sw=0.0)
     assert sim.predict_comm(prof, 8, 1e7, alpha_sw=0.0, call_latency=0.002) == pytest.approx(base + 4 * 0.002)
+
+
+def test_gossip_keeps_its_collectives_whose_hops_grow_with_the_workers():
+    # a ring: 1 MB to each of 2 neighbours a step, and every 10 steps an all-reduce of 8 kB
+    prof = {"algorithm": "gossip", "workers": 2, "topology": {"servers": 1, "graph": "ring"},
+            "ops": {"send": {"bytes": 1e6, "calls": 1.0}, "all_reduce": {"bytes": 800.0, "calls": 0.1}},
+            "compute_per_step": 0.0, "comm_per_step": 0.0, "calls_per_step": 1.1}
+    bw, a = 1e6, 1e-3
+    n = 16                  # 2 neighbours (1 at the profile's 2 workers), 2·15 hops an all-reduce
+    expected = 2 * (1.0 + a) + (2 * 15 / 16 * 800 / bw + 0.1 * 2 * 15 * a)
+    assert sim.predict_comm(prof, n, bw, efficiency=1.0, alpha_sw=a) == pytest.approx(expected)

@@ -47,8 +47,22 @@ profile's point-to-point bytes are re-shaped by their topology (:data:`TOPOLOGIE
   workers each round sends to d(N) neighbours (ring 2, 4 × 4 torus 4, one-peer
   exponential 1), and its message count scales the same way.
 
+Their collectives (gossip's all-reduce of the consensus distance at logging steps) are
+replayed as for the other methods: a ring all-reduce's 2(N−1) hops grow with N.
+
 A transport latency (``[comm] latency_ms``: a sleep before every call, not per hop) adds
 ``calls per step × latency`` (``call_latency=``).
+
+**Shared cores** (``cores=``, ``ranks_per_host=``). The profile's compute per step is
+what a rank took with the profile's processes on the profile's machine. Where R ranks of
+the target share one host's C cores (the test bed: every "host" a namespace of one
+machine; or several ranks per node), they compute at the same time and each gets C/R of
+a core: compute per step scales by ``max(1, R/C) / max(1, R₀/C)`` (:func:`oversubscription`),
+R₀ the profile's processes (its workers and servers, all on one machine). Only machine
+facts enter: the cores and how many ranks share them; nothing is fitted. It assumes every
+rank computes at once (gossip, BSP after a barrier): an upper bound where ranks spend
+much of a step blocked in communication (bench/scale.py and bench/cost_model.py measured
+1.1–1.6× instead of 2–3× for PowerSGD and top-k at 4–6 ranks on 2 cores).
 
 step time = compute + Σ over the collectives of the step (no overlap: an upper bound);
 throughput = N / step time worker-steps (batches) per second; scaling efficiency =
@@ -234,10 +248,44 @@ def _gossip_comm(prof: dict[str, Any], n: int, bw: float,
 TOPOLOGIES = {"ps": _ps_comm, "gossip": _gossip_comm}
 
 
+def processes(prof: dict[str, Any], n: int | None = None, servers: int | None = None) -> int:
+    """Ranks of the profiled method at ``n`` workers (the profile's own by default): its
+    workers plus, for the parameter server, its servers."""
+    n = prof["workers"] if n is None else n
+    if prof["algorithm"] != "ps":
+        return n
+    return n + (servers or (prof.get("topology") or {}).get("servers", 1))
+
+
+def oversubscription(ranks: int, cores: int) -> float:
+    """How many times slower a rank computes when ``ranks`` busy processes share ``cores``
+    cores: ``max(1, ranks / cores)`` (each gets ``cores / ranks`` of a core).
+
+    Raises:
+        ValueError: ``ranks`` or ``cores`` under 1.
+    """
+    if ranks < 1 or cores < 1:
+        raise ValueError(f"ranks and cores must be >= 1, got {ranks} and {cores}")
+    return max(1.0, ranks / cores)
+
+
+def compute_per_step(prof: dict[str, Any], n: int, cores: int | None = None,
+                     ranks_per_host: int | None = None, servers: int | None = None) -> float:
+    """The profile's compute per step at ``n`` workers with ``ranks_per_host`` ranks (default:
+    all of them, as on one machine) sharing ``cores`` cores; the profile's as it is when
+    ``cores`` is None (a host per rank with cores to spare)."""
+    c = prof["compute_per_step"]
+    if cores is None:
+        return c
+    here = processes(prof, n, servers) if ranks_per_host is None else ranks_per_host
+    return c * oversubscription(here, cores) / oversubscription(processes(prof), cores)
+
+
 def predict_step(prof: dict[str, Any], n: int, bandwidth: float, latency: float = 0.0,
                  efficiency: float | None = None, alpha_sw: float | None = None,
                  gloo: bool = True, call_latency: float = 0.0,
-                 servers: int | None = None) -> float:
+                 servers: int | None = None, cores: int | None = None,
+                 ranks_per_host: int | None = None) -> float:
     """Predicted seconds per step of the profiled run's method on ``n`` workers.
 
     Args:
@@ -250,9 +298,11 @@ def predict_step(prof: dict[str, Any], n: int, bandwidth: float, latency: float 
         gloo: gloo's collectives (the default) or the textbook ones.
         call_latency: seconds the transport sleeps before every call (``[comm] latency_ms``).
         servers: the parameter server's server count (default: the profiled run's).
+        cores, ranks_per_host: the cores of a target host and the ranks sharing them
+            (:func:`compute_per_step`); None: the profile's compute as it is.
     """
-    return prof["compute_per_step"] + predict_comm(prof, n, bandwidth, latency, efficiency,
-                                                   alpha_sw, gloo, call_latency, servers)
+    return (compute_per_step(prof, n, cores, ranks_per_host, servers)
+            + predict_comm(prof, n, bandwidth, latency, efficiency, alpha_sw, gloo, call_latency, servers))
 
 
 def predict_comm(prof: dict[str, Any], n: int, bandwidth: float, latency: float = 0.0,
@@ -268,6 +318,10 @@ def predict_comm(prof: dict[str, Any], n: int, bandwidth: float, latency: float 
     if shaped is not None and prof.get("topology") is not None:
         seconds, scale = shaped(prof, n, bw, servers)
         comm = seconds + _p2p(prof["ops"])[1] * scale * alpha    # a p2p call is one hop
+        # its collectives too (gossip's periodic all-reduce of the consensus distance): their
+        # hops grow with N, 2(N−1) a ring all-reduce
+        collectives = {op: o for op, o in prof["ops"].items() if op in COLLECTIVES}
+        comm += comm_seconds(collectives, n, bw, alpha, gloo=gloo)
         calls *= scale
     else:
         comm = comm_seconds(prof["ops"], n, bw, alpha, gloo=gloo)
@@ -340,7 +394,8 @@ def per_step_ops(per_rank: list[dict[str, Any]], steps: int) -> dict[str, dict[s
 
 def project(prof: dict[str, Any], workers: list[int], bandwidth: float, latency: float,
             servers: int = 1, degree: int = 2, efficiency: float | None = None,
-            alpha_sw: float | None = None) -> list[dict[str, Any]]:
+            alpha_sw: float | None = None, cores: int | None = None,
+            ranks_per_host: int | None = None) -> list[dict[str, Any]]:
     """Projected step time, throughput and efficiency per topology and worker count.
 
     Payload "run" is the run's own traffic: its ring row replays the run's collectives
@@ -355,6 +410,7 @@ def project(prof: dict[str, Any], workers: list[int], bandwidth: float, latency:
         servers, degree: the parameter server's server count and the gossip graph's degree.
         efficiency: goodput per link byte (:func:`wire_efficiency` by default; 1.0 = none).
         alpha_sw: software seconds per message hop (calibrated from the profile by default).
+        cores, ranks_per_host: cores of a host and ranks sharing them (:func:`compute_per_step`).
     """
     eff = wire_efficiency() if efficiency is None else efficiency
     a_sw = software_alpha(prof) if alpha_sw is None else alpha_sw
@@ -363,9 +419,9 @@ def project(prof: dict[str, Any], workers: list[int], bandwidth: float, latency:
     full = prof["model_bytes"]
     if full and abs(full - prof["bytes_per_step"]) > 0.01 * full:   # the run compressed
         payloads["fp32"] = float(full)
-    c = prof["compute_per_step"]
     rows = []
     for n in workers:
+        c = compute_per_step(prof, n, cores, ranks_per_host)
         for payload, m in payloads.items():
             topologies = {
                 "ring_allreduce": comm_seconds(prof["ops"], n, bw, alpha) if payload == "run"
