@@ -102,3 +102,17 @@ def test_script_creates_and_deletes_the_test_bed():
     assert namespaces("tbt3") == []
     bad = subprocess.run([script, "up", "--rate", "fast"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "rate must look like 100mbit" in bad.stderr
+
+
+def test_sigterm_runs_the_cleanup_of_the_test_bed(tmp_path):
+    """A bench stopped with SIGTERM still kills its ranks and deletes its namespaces:
+    inside ``terminate_as_exit`` the signal raises SystemExit, so ``finally`` runs."""
+    marker = tmp_path / "cleaned"
+    script = (f"import os, signal\nfrom distml.runtime.testbed import terminate_as_exit\n"
+              f"try:\n    with terminate_as_exit():\n        os.kill(os.getpid(), signal.SIGTERM)\n"
+              f"        import time; time.sleep(30)\nfinally:\n    open({str(marker)!r}, 'w').close()\n"
+              )
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 128 + 15, res.stderr[-2000:]
+    assert marker.exists()

@@ -27,8 +27,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -221,9 +223,31 @@ def hosts(n: int, subnet: str | None = None, rate: str | None = None, tag: str |
     """Create ``n`` hosts for the ``with`` block; yields a list of :class:`Host`."""
     tag, made = create(n, tag=tag, subnet=subnet, rate=rate, both_ways=both_ways)
     try:
-        yield made
+        with terminate_as_exit():
+            yield made
     finally:
         destroy(tag)
+
+
+@contextmanager
+def terminate_as_exit():
+    """While the block runs, SIGTERM and SIGHUP raise ``SystemExit`` in the main thread, so
+    that ``finally`` blocks (killing ranks, deleting namespaces) run when a bench or test
+    is stopped from outside; Python's default would end the process without them. The
+    previous handlers come back afterwards; off the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    before = {s: signal.signal(s, leave) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def wire_bytes(iface: str | None = None) -> dict[str, int]:
