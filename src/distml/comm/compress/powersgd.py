@@ -9,13 +9,27 @@ same gradients; tests/compress checks that against torch's hook.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from distml.comm.compress import CODECS
 from distml.comm.compress.base import Reducer
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where things are in the flat buffer: ``plain`` ``(offset, numel)`` runs all-reduced as
+    they are; ``matrices`` ``(offset, n, m, r, p_offset, q_offset)`` compressed, grouped by
+    shape as torch's hook orders them; the sizes of the P and Q buffers."""
+
+    plain: list[tuple[int, int]]
+    matrices: list[tuple[int, int, int, int, int, int]]
+    p_size: int
+    q_size: int
 
 
 def orthogonalize(m: torch.Tensor, epsilon: float = 0.0) -> None:
@@ -89,6 +103,7 @@ class PowerSGD(Reducer):
         self.rank, self.start_iter = int(rank), int(start_iter)
         self.min_rate, self.warm_start = float(min_compression_rate), bool(warm_start)
         self.error_feedback, self.epsilon, self.seed = bool(error_feedback), float(epsilon), int(seed)
+        self._layouts: dict[tuple, _Layout] = {}     # shapes → layout (:meth:`_layout`)
 
     def init(self, like, shapes=None):
         shapes = [tuple(s) for s in shapes] if shapes else [(like.numel(),)]
@@ -106,6 +121,40 @@ class PowerSGD(Reducer):
         state["draws"] += 1
         return int(rs.randint(1_000_000_000))
 
+    def _layout(self, shapes) -> _Layout:
+        """Which tensors of the flat buffer are compressed, and where their P and Q live.
+
+        The same for every round with the same shapes, so it is worked out once: per round
+        only views are taken (in a profile of bench/lm.py's transformer, working it out
+        every round cost about as much CPU as one of the round's all-reduces).
+        """
+        key = tuple(tuple(s) for s in shapes)
+        layout = self._layouts.get(key)
+        if layout is not None:
+            return layout
+        plain: list[list[int]] = []
+        by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+        offset = 0
+        for s in key:
+            numel = math.prod(s)
+            n, m = (s[0], numel // s[0]) if len(s) and s[0] else (1, numel)
+            r = min(n, m, self.rank)
+            if len(s) and s[0] and (n + m) * r * self.min_rate < n * m:
+                by_shape[(n, m)].append(offset)   # the order torch's hook lays P and Q out in
+            elif plain and plain[-1][0] + plain[-1][1] == offset:
+                plain[-1][1] += numel             # adjacent plain tensors: one slice
+            elif numel:
+                plain.append([offset, numel])
+            offset += numel
+        matrices, pi, qi = [], 0, 0
+        for (n, m), offsets in by_shape.items():
+            r = min(n, m, self.rank)
+            for o in offsets:
+                matrices.append((o, n, m, r, pi, qi))
+                pi, qi = pi + n * r, qi + m * r
+        layout = self._layouts[key] = _Layout([tuple(p) for p in plain], matrices, pi, qi)
+        return layout
+
     def reduce(self, x, state, transport):
         world = transport.world_size
         state = dict(state)
@@ -119,41 +168,17 @@ class PowerSGD(Reducer):
             if state["error"] is not None:
                 buf.add_(state["error"])
             before = buf.clone()
-        tensors, offset = [], 0
-        for s in state["shapes"]:
-            n = int(np.prod(s))
-            tensors.append(buf[offset:offset + n].view(s))
-            offset += n
-        to_compress, plain = [], []
-        p_size = q_size = 0
-        for t in tensors:
-            if t.dim() == 0:
-                plain.append(t)
-                continue
-            matrix = t.view(t.shape[0], -1)
-            n, m = matrix.shape
-            r = min(n, m, self.rank)
-            if (n + m) * r * self.min_rate < n * m:
-                to_compress.append(matrix)
-                p_size, q_size = p_size + n * r, q_size + m * r
-            else:
-                plain.append(t)
-        flat_plain = torch.cat([t.reshape(-1) for t in plain]) if plain else buf.new_zeros(0)
+        layout = self._layout(state["shapes"])
+        plain = [buf[o:o + n] for o, n in layout.plain]
+        flat_plain = torch.cat(plain) if plain else buf.new_zeros(0)
         randomize = not self.warm_start or state["p"] is None
         if randomize:
-            state["p"], state["q"] = buf.new_empty(p_size), buf.new_empty(q_size)
-        by_shape = defaultdict(list)       # the order torch's hook lays P and Q out in
-        for t in to_compress:
-            by_shape[t.shape].append(t)
-        mats, ps, qs, pi, qi = [], [], [], 0, 0
-        for group in by_shape.values():
-            for t in group:
-                n, m = t.shape
-                r = min(n, m, self.rank)
-                mats.append(t.unsqueeze(0))
-                ps.append(state["p"][pi:pi + n * r].view(1, n, r))
-                qs.append(state["q"][qi:qi + m * r].view(1, m, r))
-                pi, qi = pi + n * r, qi + m * r
+            state["p"], state["q"] = buf.new_empty(layout.p_size), buf.new_empty(layout.q_size)
+        mats, ps, qs = [], [], []
+        for o, n, m, r, pi, qi in layout.matrices:
+            mats.append(buf[o:o + n * m].view(1, n, m))
+            ps.append(state["p"][pi:pi + n * r].view(1, n, r))
+            qs.append(state["q"][qi:qi + m * r].view(1, m, r))
         if self.scheme == "alternating":
             return self._alternating(buf, x, before if self.error_feedback else None, flat_plain,
                                      plain, mats, ps, qs, randomize, state, transport)
@@ -169,7 +194,7 @@ class PowerSGD(Reducer):
         for mat, q, p in zip(mats, qs, ps):
             torch.bmm(mat, q, out=p)
         self._all_reduce_plain(flat_plain, plain, transport)
-        if p_size:
+        if layout.p_size:
             transport.all_reduce(state["p"], op="sum")
             for p in ps:
                 orthogonalize(p, self.epsilon)
@@ -180,7 +205,7 @@ class PowerSGD(Reducer):
             for p, q, mat in zip(ps, qs, mats):
                 torch.bmm(p, q.transpose(1, 2), out=mat)
         if self.error_feedback:
-            state["error"] = before - buf
+            state["error"] = before.sub_(buf)       # (before is this round's own copy)
         if not self.warm_start:
             state["p"] = state["q"] = None
         state["iter"] += 1
@@ -213,7 +238,7 @@ class PowerSGD(Reducer):
         for mat, ap in zip(mats, approx):
             mat.copy_(ap)                # buf now holds the mean: plain entries and approximations
         if before is not None:
-            state["error"] = before - buf
+            state["error"] = before.sub_(buf)
         state["rounds"] = state["rounds"] + 1
         state["iter"] += 1
         return buf.reshape(x.shape), state
