@@ -70,9 +70,10 @@ STEPS, AT = 12, 5
 RUNS = {
     "worker": dict(workers=2, min_workers=1, steps=STEPS,
                    faults=f"crash = {{ rank = 0, step = {AT} }}"),
-    # 1 worker: the server is rank 1; it dies 2 s after joining, mid-training
+    # 1 worker: the server is rank 1; it dies 2 s after joining, mid-training (the data
+    # ends the run after 120 steps: 40 ms of compute each keep it training past 2 s)
     "server": dict(workers=1, min_workers=1, steps=100000,
-                   faults="crash = { rank = 1, after_s = 2.0 }\ncompute_s = 0.01"),
+                   faults="crash = { rank = 1, after_s = 2.0 }\ncompute_s = 0.04"),
 }
 
 

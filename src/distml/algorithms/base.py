@@ -217,5 +217,10 @@ class Algorithm:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def transfer_state(self) -> dict[str, Any]:
+        """The state a peer takes over after a membership change (runtime/elastic.py;
+        loaded with :meth:`load_state_dict`): by default what a checkpoint holds."""
+        return self.state_dict()
+
     def close(self) -> None:
         """Drop hooks and buffers before the process group is destroyed."""

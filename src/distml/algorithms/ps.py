@@ -197,6 +197,11 @@ class PSWorker(Algorithm):
         """A worker's PS state; asking for it makes every server save its shard at this step."""
         self._wait_push()
         self.client.checkpoint(self._next_step)
+        return self.transfer_state()
+
+    def transfer_state(self) -> dict[str, Any]:
+        """A worker's own PS state, without the servers' checkpoint (a survivor behind the
+        others takes it while the servers are regrouping, not serving)."""
         encoder = self.client.encoder
         return {"clock": self.clock, "since_push": self._since_push, "acc": self.acc.clone(),
                 "ref": None if self.ref is None else self.ref.clone(), "pushes": self.pushes,
@@ -463,6 +468,9 @@ class ParameterServer(Algorithm):
 
     def state_dict(self) -> dict[str, Any]:
         return self.role.state_dict()
+
+    def transfer_state(self) -> dict[str, Any]:
+        return self.role.transfer_state()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.role.load_state_dict(state)

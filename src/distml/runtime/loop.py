@@ -132,7 +132,7 @@ class TrainLoop:
         and algorithm state (not the rank's own RNG, clocks or counters)."""
         p = self.parts
         return {"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
-                "schedule": p.schedule.state_dict(), "algorithm": p.algorithm.state_dict()}
+                "schedule": p.schedule.state_dict(), "algorithm": p.algorithm.transfer_state()}
 
     def load_transfer_state(self, state: dict[str, Any]) -> None:
         """Load :meth:`transfer_state` (from a checkpoint or a peer)."""

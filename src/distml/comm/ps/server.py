@@ -207,10 +207,20 @@ class ServerLoop:
             except PeerError as e:
                 if self.membership is None:
                     self._silent(limit)
-                dead = [w for w in self.membership.lost(e) if w in self.active]
-                if not dead:
-                    self._silent(limit)
-                self._lose(dead)
+                lost = self.membership.lost(e)
+                dead = [w for w in lost if w in self.active]
+                if dead:
+                    self._lose(dead)
+                    continue
+                if lost and set(lost) <= self._gone:
+                    # gloo failed the any-source receive because of a worker already lost,
+                    # before every survivor was told to regroup: they cannot be reached
+                    raise PeerError(
+                        f"parameter server rank {self.t.global_rank} (shard {self.shard}): its "
+                        f"receive failed after workers {sorted(self._gone)} died, before "
+                        f"workers {sorted(self.regrouping)} were told to regroup; the run cannot "
+                        "continue (a known limit, docs/faults.md)") from None
+                self._silent(limit)
 
     def _silent(self, limit: float | None):
         """No message in time: name the workers by how long each has been silent."""
