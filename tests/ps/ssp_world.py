@@ -36,7 +36,7 @@ def phase(t, push_every: int, pull_every: int) -> dict:
     r = t.rank
     if r >= WORKERS:
         algo.run(SimpleNamespace(checkpoints=SimpleNamespace(write=None), resume_requested=False,
-                                 clock=None))
+                                 clock=None, survivors=None))
         return {}
     steps = []
     for step in range(STEPS):
