@@ -68,3 +68,44 @@ def distml(*args: str, timeout: float = 120, cwd=None, env=None) -> subprocess.C
     e = dict(os.environ if env is None else env)
     e.setdefault("PYTHONUNBUFFERED", "1")
     return run([sys.executable, "-m", "distml", *args], timeout=timeout, cwd=cwd, env=e)
+
+
+
+def side_by_side(commands: dict[str, list[str]], deadline_s: float) -> dict[str, tuple]:
+    """Run every command at once, each in its own session (small runs spend most of their
+    time starting, waiting on each other or asleep, so side by side they cost little more
+    than the longest).
+
+    Returns name -> (exit code, stdout, stderr, processes of its group left after 10 s).
+    Every process group is killed at the end, always, even when a command overruns.
+    """
+    procs, done = {}, {}
+    try:
+        for name, cmd in commands.items():
+            ctx = session(cmd)
+            procs[name] = (ctx, ctx.__enter__())
+        deadline = time.monotonic() + deadline_s
+        for name, (_, p) in procs.items():
+            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            settle = time.monotonic() + 10
+            while group_alive(p.pid) and time.monotonic() < settle:
+                time.sleep(0.1)
+            done[name] = (p.returncode, out, err, group_alive(p.pid))
+    finally:
+        for ctx, p in procs.values():
+            _kill_group(p.pid)
+            ctx.__exit__(None, None, None)
+    return done
+
+
+def run_side_by_side(folder: Path, configs: dict[str, Path], deadline_s: float,
+                     extra_args: tuple[str, ...] = ()) -> dict[str, tuple]:
+    """``distml run CONFIG --out folder/NAME [extra_args]`` for every entry, side by side.
+
+    Returns name -> (exit code, stderr, output folder, processes left after 10 s, config).
+    """
+    done = side_by_side({name: [sys.executable, "-m", "distml", "run", str(cfg),
+                                "--out", str(folder / name), *extra_args]
+                         for name, cfg in configs.items()}, deadline_s)
+    return {name: (code, err, folder / name, leftover, configs[name])
+            for name, (code, _, err, leftover) in done.items()}

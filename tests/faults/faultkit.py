@@ -139,3 +139,4 @@ def error_times(out: Path, rank: int) -> list[tuple[float, str]]:
 
 def summary(out: Path) -> dict:
     return json.loads((Path(out) / "summary.json").read_text())
+

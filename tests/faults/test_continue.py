@@ -17,14 +17,10 @@ all three) and each test reads its own:
 
 from __future__ import annotations
 
-import sys
-import time
-
 import pytest
 import torch
 from faultkit import summary
-
-from procs import _kill_group, group_alive, session
+from procs import run_side_by_side
 from references import concatenated_sgd
 
 from distml.cli import main
@@ -84,25 +80,7 @@ def write(folder, name: str, **changes):
 def runs(tmp_path_factory):
     """Start the three runs side by side; kill every process group they leave, always."""
     tmp = tmp_path_factory.mktemp("continue")
-    procs, done = {}, {}
-    try:
-        for name in RUNS:
-            cmd = [sys.executable, "-m", "distml", "run", str(write(tmp, name)),
-                   "--out", str(tmp / name)]
-            ctx = session(cmd)
-            procs[name] = (ctx, ctx.__enter__())
-        deadline = time.monotonic() + 150
-        for name, (_, p) in procs.items():
-            _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            settle = time.monotonic() + 10
-            while group_alive(p.pid) and time.monotonic() < settle:
-                time.sleep(0.1)
-            done[name] = (p.returncode, err, tmp / name, group_alive(p.pid), tmp / f"{name}.toml")
-    finally:
-        for ctx, p in procs.values():
-            _kill_group(p.pid)
-            ctx.__exit__(None, None, None)
-    return done
+    return run_side_by_side(tmp, {name: write(tmp, name) for name in RUNS}, deadline_s=150)
 
 
 def test_sync_sgd_continues_with_the_survivors_and_equals_the_reference(runs):

@@ -21,14 +21,13 @@ the join happens however loaded the machine is.
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import pytest
 import torch
 
 from faultkit import summary
-from procs import _kill_group, group_alive, session
+from procs import run_side_by_side
 from references import concatenated_sgd
 
 from distml.comm.transport import Transport
@@ -74,29 +73,14 @@ RUNS = {"sync": 'name = "sync_sgd"', "local": 'name = "local_sgd"\nperiod = 4'}
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Start both runs side by side; kill every process group they leave, always."""
+    """Start both runs side by side, one restart allowed; kill what they leave, always."""
     tmp = tmp_path_factory.mktemp("join")
-    procs, done = {}, {}
-    try:
-        for name, algorithm in RUNS.items():
-            cfg = tmp / f"{name}.toml"
-            cfg.write_text(CONFIG.format(algorithm=algorithm, steps=STEPS, timeout=120, wait=60))
-            cmd = [sys.executable, "-m", "distml", "run", str(cfg), "--out", str(tmp / name),
-                   "--max-restarts", "1"]
-            ctx = session(cmd)
-            procs[name] = (ctx, ctx.__enter__())
-        deadline = time.monotonic() + 210
-        for name, (_, p) in procs.items():
-            _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            settle = time.monotonic() + 10
-            while group_alive(p.pid) and time.monotonic() < settle:
-                time.sleep(0.1)
-            done[name] = (p.returncode, err, tmp / name, group_alive(p.pid), tmp / f"{name}.toml")
-    finally:
-        for ctx, p in procs.values():
-            _kill_group(p.pid)
-            ctx.__exit__(None, None, None)
-    return done
+    configs = {}
+    for name, algorithm in RUNS.items():
+        configs[name] = tmp / f"{name}.toml"
+        configs[name].write_text(CONFIG.format(algorithm=algorithm, steps=STEPS, timeout=120,
+                                               wait=60))
+    return run_side_by_side(tmp, configs, deadline_s=210, extra_args=("--max-restarts", "1"))
 
 
 def _joined(name, runs):

@@ -9,13 +9,12 @@ that dies is still named within the ordinary timeout (tests/ps/test_ps_runs.py).
 import json
 
 import pytest
-
-from procs import distml as run_cli
+from procs import run_side_by_side
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(150)]
 
 TIMEOUT_S = 3
-SLOW_S = 8         # > TIMEOUT_S with margin: a wait that uses the ordinary limit fails
+SLOW_S = 7         # > 2 x TIMEOUT_S: a wait that uses the ordinary limit fails
 
 CONFIG = """
 name = "slow_eval"
@@ -43,15 +42,29 @@ slow_eval = {{ seconds = {slow} }}
 """
 
 
-@pytest.mark.parametrize("algorithm", [
-    'name = "sync_sgd"',
-    'name = "ps"\nservers = 1\npace = "bsp"',
-    'name = "ps"\nservers = 1\npace = {name = "ssp", staleness = 1}',
-], ids=["sync_sgd", "ps_bsp", "ps_ssp"])
-def test_a_slow_evaluation_outlasts_the_timeout(tmp_path, algorithm):
-    path = tmp_path / "run.toml"
-    path.write_text(CONFIG.format(algorithm=algorithm, timeout=TIMEOUT_S, slow=SLOW_S))
-    res = run_cli("run", str(path), "--out", str(tmp_path / "out"), timeout=120)
-    assert res.returncode == 0, res.stderr[-3000:]
-    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+ALGORITHMS = {
+    "sync_sgd": 'name = "sync_sgd"',
+    "ps_bsp": 'name = "ps"\nservers = 1\npace = "bsp"',
+    "ps_ssp": 'name = "ps"\nservers = 1\npace = {name = "ssp", staleness = 1}',
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The three runs side by side: they spend most of their time asleep in rank 0's
+    evaluations (step 0, step 3 and the final one)."""
+    tmp = tmp_path_factory.mktemp("slow_eval")
+    configs = {}
+    for name, algorithm in ALGORITHMS.items():
+        configs[name] = tmp / f"{name}.toml"
+        configs[name].write_text(CONFIG.format(algorithm=algorithm, timeout=TIMEOUT_S, slow=SLOW_S))
+    return run_side_by_side(tmp, configs, deadline_s=120)
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_a_slow_evaluation_outlasts_the_timeout(runs, name):
+    code, err, out, leftover, _ = runs[name]
+    assert code == 0, err[-3000:]
+    assert not leftover, "processes outlived the run"
+    s = json.loads((out / "summary.json").read_text())
     assert all(r["steps"] == 4 for r in s["per_rank"] if r.get("role") != "server"), s["per_rank"]

@@ -18,6 +18,7 @@ import torch
 import distml
 from distml.errors import ConfigError
 from procs import distml as run_cli
+from procs import run_side_by_side
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(200)]
 
@@ -85,11 +86,15 @@ PS_BSP = 'name = "ps"\nservers = 1\npace = "bsp"'
 
 @pytest.fixture(scope="module")
 def bsp_runs(tmp_path_factory):
+    """The three reference runs side by side (most of a small run is start-up and waiting)."""
     tmp = tmp_path_factory.mktemp("bsp")
-    return {"sync": train(tmp, "sync", 'name = "sync_sgd"'),
-            "ps1": train(tmp, "ps1", PS_BSP),
-            "ps2": train(tmp, "ps2", 'name = "ps"\nservers = 2\npace = "bsp"'),
-            "tmp": tmp}
+    algorithms = {"sync": 'name = "sync_sgd"', "ps1": PS_BSP,
+                  "ps2": 'name = "ps"\nservers = 2\npace = "bsp"'}
+    done = run_side_by_side(tmp, {name: write(tmp, name, a) for name, a in algorithms.items()},
+                            deadline_s=150)
+    for name, (code, err, out, leftover, _) in done.items():
+        assert code == 0 and not leftover, f"{name}: exit {code}\n{err[-3000:]}"
+    return {name: done[name][2] for name in algorithms} | {"tmp": tmp}
 
 
 def test_bsp_ps_equals_sync_sgd(bsp_runs):

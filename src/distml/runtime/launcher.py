@@ -20,10 +20,12 @@ import multiprocessing as mp
 import multiprocessing.connection
 import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,14 +54,18 @@ UNGUARDED_MAIN = ("each worker process re-ran the script's top-level code, which
 def refuse_in_worker_import() -> None:
     """Stop a worker that is importing the user's script and reached a second distml.run.
 
-    Workers are spawned (a fresh interpreter that imports the main script as
-    ``__mp_main__``); a script without the ``__main__`` guard would start workers from
-    every worker. CPython marks that import phase with ``_inheriting`` (what its own
+    Workers import the main script as ``__mp_main__`` (forked from the fork server or
+    spawned); a script without the ``__main__`` guard would start workers from every
+    worker. CPython marks that import phase with ``_inheriting`` (what its own
     "bootstrapping phase" check reads). The worker exits quietly with
-    :data:`EXIT_MAIN_REIMPORTED`; the launcher turns that into one line naming the fix.
+    :data:`EXIT_MAIN_REIMPORTED` (``os._exit``: the fork server's child turns a
+    ``SystemExit`` raised while it prepares into exit code 1); the launcher turns that
+    into one line naming the fix.
     """
     if getattr(mp.current_process(), "_inheriting", False):
-        raise SystemExit(EXIT_MAIN_REIMPORTED)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_MAIN_REIMPORTED)
 
 
 @dataclass
@@ -92,23 +98,82 @@ def _loopback_env(env: dict[str, str]) -> None:
 _PR_SET_PDEATHSIG = 1     # <linux/prctl.h>
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Have the kernel SIGTERM this process when ``parent_pid`` (its launcher) dies.
+def die_with_parent(launcher_pid: int) -> None:
+    """SIGTERM this process when its launcher ``launcher_pid`` dies; exit at once if it
+    already has.
 
     A launcher killed from outside (SIGKILL, or SIGTERM, whose default action skips every
     ``finally``) cannot stop its workers itself; without this they would train on as
-    orphans. Linux's ``prctl(PR_SET_PDEATHSIG)``; the signal follows the death of the
-    thread that started the child, and the launchers below wait in that same thread.
-    Exits at once if the launcher already died before the call (the race prctl leaves).
-    Elsewhere than Linux it only makes that last check.
+    orphans. A direct child (``distml launch``'s subprocesses) asks the kernel:
+    Linux's ``prctl(PR_SET_PDEATHSIG)``, whose signal follows the death of the thread
+    that started the child (the launchers below wait in that same thread); the check
+    after it closes the race prctl leaves. A worker forked by the launcher's fork server
+    (:func:`worker_context`) is not the launcher's child, and the server outlives the
+    launcher while its children live, so a daemon thread waits on the launcher's pidfd
+    (Linux 5.3; elsewhere it polls once a second) and then sends the same SIGTERM.
     """
+    if os.getppid() != launcher_pid:
+        _watch_launcher(launcher_pid)
+        return
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
         except (OSError, AttributeError):   # no libc symbol: keep the check below
             pass
-    if os.getppid() != parent_pid:
+    if os.getppid() != launcher_pid:
         os._exit(128 + int(signal.SIGTERM))
+
+
+def _watch_launcher(launcher_pid: int) -> None:
+    try:
+        fd = os.pidfd_open(launcher_pid)
+    except ProcessLookupError:
+        os._exit(128 + int(signal.SIGTERM))
+    except (AttributeError, OSError):      # no pidfd here: poll
+        fd = None
+        if not _alive(launcher_pid):
+            os._exit(128 + int(signal.SIGTERM))
+
+    def wait() -> None:
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while _alive(launcher_pid):
+                time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, daemon=True, name="distml-launcher-watch").start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:     # exists, owned by another user
+        return True
+
+
+#: imported once in the fork server instead of once in every worker: torch, and
+#: torch._dynamo, which every torch optimizer imports when it is built (together about
+#: 2-4 s of CPU per process: most of what a small run costs)
+WORKER_PRELOAD = ("distml.runtime.launcher", "torch._dynamo")
+
+
+def worker_context():
+    """Where worker processes come from: a fork server that has imported
+    :data:`WORKER_PRELOAD` (a fresh interpreter started once per launcher; each worker is
+    a fork of it, single-threaded, so no lock is copied held), else ``spawn``.
+
+    Workers import the main script like spawned ones do (``__mp_main__``), and see the
+    environment the launcher had when it started its first workers.
+    """
+    if "forkserver" not in mp.get_all_start_methods():     # Windows
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(list(WORKER_PRELOAD))
+    return ctx
 
 
 def _child(rank: int, world: int, port: int, job: WorkerJob, timeout_s: float,
@@ -241,7 +306,7 @@ def launch_local(job: WorkerJob, world: int, timeout_s: float, replacements: int
     view = live_view(job.config, job.out_dir, world)    # every rank's progress, from here
     if view is not None:
         job = replace(job, config=without_progress_bar(job.config))
-    ctx = mp.get_context("spawn")
+    ctx = worker_context()
 
     def start(rank: int, incarnation: int) -> mp.Process:
         rjob = job if not incarnation else _replacement_job(job, incarnation)
