@@ -24,16 +24,19 @@ is held for that pause is not reported as held (pace) time.
 
 A worker lost (``[faults] on_worker_loss = "continue"``, an injected ``membership``): the
 server learns it from the launcher (its inbox asks while it waits, as an any-source
-receive does not fail when a sender dies), drops the worker from the pace's count (a
-BSP round closes with the survivors' pushes and the dead worker's pushes received whole;
-a push it was still sending is dropped whole), answers every survivor's next pull with a
-``FLAG_REGROUP`` reply instead of parameters, and once all of them had one it forms the
-new group with them (``membership.regroup``) and serves on under their new ranks. A
-server that dies is not survived: its shard is gone (the survivors stop with one line).
+receive does not fail when a sender dies; when gloo fails it anyway, over a message the
+dead worker had announced, the inbox receives per worker until the regroup), drops the
+worker from the pace's count (a BSP round closes with the survivors' pushes and the dead
+worker's pushes received whole; a push it was still sending is dropped whole), answers
+every survivor's next pull with a ``FLAG_REGROUP`` reply instead of parameters, and once
+all of them had one it forms the new group with them (``membership.regroup``) and serves
+on under their new ranks. A server that dies is not survived: its shard is gone (the
+survivors stop with one line).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -47,6 +50,7 @@ from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, EVAL, FLAG_COMPRESSED, F
 from distml.errors import PeerError
 
 _NEVER = 1 << 62
+log = logging.getLogger("distml")
 
 
 class UpdateRule(Protocol):
@@ -207,20 +211,21 @@ class ServerLoop:
             except PeerError as e:
                 if self.membership is None:
                     self._silent(limit)
-                lost = self.membership.lost(e)
+                inbox, lost = self.inbox, self.membership.lost(e)
                 dead = [w for w in lost if w in self.active]
                 if dead:
                     self._lose(dead)
-                    continue
-                if lost and set(lost) <= self._gone:
-                    # gloo failed the any-source receive because of a worker already lost,
-                    # before every survivor was told to regroup: they cannot be reached
-                    raise PeerError(
-                        f"parameter server rank {self.t.global_rank} (shard {self.shard}): its "
-                        f"receive failed after workers {sorted(self._gone)} died, before "
-                        f"workers {sorted(self.regrouping)} were told to regroup; the run cannot "
-                        "continue (a known limit, docs/faults.md)") from None
-                self._silent(limit)
+                if not dead and not (lost and set(lost) <= self._gone):
+                    self._silent(limit)
+                if self.inbox is inbox:
+                    # gloo failed the receive because of a dead worker's connection, and
+                    # fails every any-source receive after it: receive per worker until
+                    # the survivors regroup (comm/ps/inbox.py)
+                    log.warning("parameter server rank %d (shard %d): a receive failed after "
+                                "workers %s died; receiving from each of workers %s until "
+                                "they regroup", self.t.global_rank, self.shard,
+                                sorted(self._gone), sorted(self.regrouping))
+                    inbox.receive_from_each()
 
     def _silent(self, limit: float | None):
         """No message in time: name the workers by how long each has been silent."""
@@ -255,6 +260,7 @@ class ServerLoop:
 
     def _tell_to_regroup(self, w: int, clock: int) -> None:
         self.regrouping.discard(w)
+        self.inbox.told_to_regroup(w)       # it sends nothing more in this group
         hdr = Header(REPLY, self.shard, clock, self.params.numel(), flags=FLAG_REGROUP).encode()
         self.t.send(hdr, w, tag=TAG_REPLY)
         self.t.send(self.params, w, tag=TAG_REPLY_PAYLOAD)   # the pull posted a receive for it
