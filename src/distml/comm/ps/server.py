@@ -222,9 +222,10 @@ class ServerLoop:
                     # fails every any-source receive after it: receive per worker until
                     # the survivors regroup (comm/ps/inbox.py)
                     log.warning("parameter server rank %d (shard %d): a receive failed after "
-                                "workers %s died; receiving from each of workers %s until "
+                                "workers %s died (%s); receiving from each of workers %s until "
                                 "they regroup", self.t.global_rank, self.shard,
-                                sorted(self._gone), sorted(self.regrouping))
+                                sorted(self._gone), str(e).splitlines()[0][:300],
+                                sorted(self.regrouping))
                     inbox.receive_from_each()
 
     def _silent(self, limit: float | None):
