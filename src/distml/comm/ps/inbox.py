@@ -46,6 +46,26 @@ from distml.errors import PeerError
 WATCH_S = 0.02
 
 
+class ReceiveFailed(PeerError):
+    """A receive of the inbox failed (the transport's error): ``source`` is the worker it
+    was for, None for the any-source header receive (the server decides from it whether
+    the failure is a dead worker's, comm/ps/server.py)."""
+
+    def __init__(self, error: PeerError, source: int | None):
+        super().__init__(str(error))
+        self.source = source
+
+
+def _receiving(source: int | None, fn):
+    """``fn()``, its transport error raised as :class:`ReceiveFailed` for ``source``."""
+    try:
+        return fn()
+    except ReceiveFailed:
+        raise
+    except PeerError as e:
+        raise ReceiveFailed(e, source) from e
+
+
 @dataclass
 class Message:
     """One request: its sender, its header and, for a push, its payload (valid until the
@@ -125,8 +145,10 @@ class Inbox:
         self._deferred: PeerError | None = None
 
     def receive_from_each(self) -> None:
-        """The any-source receive failed because of a dead worker: from now on post one
-        header receive per worker still sending (the module's docstring says why)."""
+        """The any-source receive failed (:class:`ReceiveFailed` with source None) because
+        of a dead worker: from now on post one header receive per worker still sending
+        (the module's docstring says why). No any-source receive is left posted: the
+        failed one was the only one."""
         self._header_handle = self._waiting = None
         if self._each is None:
             self._each = {}
@@ -135,9 +157,11 @@ class Inbox:
         if self._each is not None:
             for w in sorted(self.sending - set(self._each)):
                 buf = empty_header()
-                self._each[w] = [buf, self.t.irecv(buf, w, tag=TAG_HEADER), None]
+                self._each[w] = [buf, _receiving(w, lambda: self.t.irecv(buf, w, tag=TAG_HEADER)),
+                                 None]
         elif self.sending and self._header_handle is None:
-            self._header_handle = self.t.irecv(self._headers[self._turn], None, tag=TAG_HEADER)
+            self._header_handle = _receiving(None, lambda: self.t.irecv(
+                self._headers[self._turn], None, tag=TAG_HEADER))
 
     def _take_header(self, timeout_s: float | None) -> _Posted:
         """Wait for the posted header, post its payload receive, then the next header's."""
@@ -151,7 +175,7 @@ class Inbox:
         payload = handle = None
         if h.op == PUSH:
             payload = self._payload_buffer(sender, h)
-            handle = self.t.irecv(payload, sender, tag=TAG_PAYLOAD)
+            handle = _receiving(sender, lambda: self.t.irecv(payload, sender, tag=TAG_PAYLOAD))
             self.bytes_in += payload.numel() * payload.element_size()
         elif h.op == DONE:
             self.sending.discard(sender)
@@ -163,13 +187,13 @@ class Inbox:
 
     def _wait_header(self, timeout_s: float | None) -> int:
         if self.watch is None:
-            return self._header_handle.wait(timeout_s)
+            return _receiving(None, lambda: self._header_handle.wait(timeout_s))
         if self._waiting is None:
             self._waiting = _Waiter(self._header_handle, timeout_s)
         while not self._waiting.done.wait(WATCH_S):
             self.watch()             # raises if a worker died: this wait stays pending
         waiter, self._waiting = self._waiting, None
-        return waiter.result()
+        return _receiving(None, waiter.result)
 
     def _wait_each(self, timeout_s: float | None) -> tuple[int, torch.Tensor]:
         """Receiving per worker: the first worker whose header is in (lowest rank first
@@ -185,7 +209,7 @@ class Inbox:
             done = [w for w, entry in sorted(self._each.items()) if entry[2].done.is_set()]
             if done:
                 buf, _, waiter = self._each.pop(done[0])
-                waiter.result()         # raises the transport's error: that worker is gone
+                _receiving(done[0], waiter.result)
                 return done[0], buf
             if not self._arrived.wait(WATCH_S) and self.watch is not None:
                 self.watch()            # raises if a worker died: the waits stay pending
@@ -227,8 +251,8 @@ class Inbox:
         header (None: the transport's timeout).
 
         Raises:
-            PeerError: no request within the limit (the transport's error), or a push of the
-                wrong size.
+            ReceiveFailed: a receive failed (no request within the limit, a connection lost).
+            PeerError: a push of the wrong size.
         """
         if self._deferred is not None:
             error, self._deferred = self._deferred, None
@@ -237,7 +261,7 @@ class Inbox:
         current = self._ahead if self._ahead is not None else self._take_header(timeout_s)
         self._ahead = None
         if current.handle is not None:
-            current.handle.wait()
+            _receiving(current.sender, current.handle.wait)
         # the next request's header came in while this payload moved: start its payload now,
         # so it travels while the caller applies this one (two payload buffers alternate)
         if self._each is None and self._header_handle is not None and \

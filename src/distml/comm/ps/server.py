@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import torch
 
 from distml.comm.pace import BoundedDelay, Pace, Quorum
-from distml.comm.ps.inbox import Inbox, Message
+from distml.comm.ps.inbox import Inbox, Message, ReceiveFailed
 from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, EVAL, FLAG_COMPRESSED, FLAG_REGROUP, FLAG_STOP,
                                  PULL, PUSH, REPLY, STOP, TAG_REPLY, TAG_REPLY_PAYLOAD, Header)
 from distml.errors import PeerError
@@ -215,11 +215,12 @@ class ServerLoop:
                 dead = [w for w in lost if w in self.active]
                 if dead:
                     self._lose(dead)
-                if not dead and not (lost and set(lost) <= self._gone):
-                    self._silent(limit)
-                if self.inbox is inbox:
-                    # gloo failed the receive because of a dead worker's connection, and
-                    # fails every any-source receive after it: receive per worker until
+                source = e.source if isinstance(e, ReceiveFailed) else -1
+                if self.inbox is not inbox or (source is not None and source in self._gone):
+                    continue    # the old group's, or a dead worker's receive: dropped whole
+                if source is None:
+                    # gloo failed the any-source receive over a message a dead worker had
+                    # announced, and would fail every later one: receive per worker until
                     # the survivors regroup (comm/ps/inbox.py)
                     log.warning("parameter server rank %d (shard %d): a receive failed after "
                                 "workers %s died (%s); receiving from each of workers %s until "
@@ -227,6 +228,13 @@ class ServerLoop:
                                 sorted(self._gone), str(e).splitlines()[0][:300],
                                 sorted(self.regrouping))
                     inbox.receive_from_each()
+                    continue
+                if source >= 0:     # a live worker's receive failed: it cannot be told
+                    raise PeerError(f"parameter server rank {self.t.global_rank} (shard "
+                                    f"{self.shard}): the receive from worker {source} failed "
+                                    f"after workers {sorted(self._gone)} died: {e}") from None
+                if not dead:
+                    self._silent(limit)
 
     def _silent(self, limit: float | None):
         """No message in time: name the workers by how long each has been silent."""
