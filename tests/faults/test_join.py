@@ -4,14 +4,17 @@
 survivors go on in place, the launcher starts a replacement, which asks to join; the
 group admits it at a join point every member agrees on, it receives the lead's model,
 optimizer, schedule and algorithm state by broadcast, the data is re-partitioned among
-three again, and training goes on. Both runs start together (one wall-clock wait):
+three again, and training goes on. The three runs start together (one wall-clock wait):
 
 - ``sync_sgd`` (float64): the final model equals single-process SGD on the concatenated
   batches of three shards (steps before the loss), two (until the join) and three again
   (from the join point on), and ``summary.json`` records the join;
 - ``local_sgd`` (H = 4): after the averagings that follow the join, the replacement's
   model is the others' (its anchor and momentum came from the lead; a stale anchor would
-  put it elsewhere after the averaging of deltas).
+  put it elsewhere after the averaging of deltas);
+- ``gossip`` (ring): the replacement joins at a gossip join point (every
+  ``every × (workers − 1)`` steps: a rank may run ahead of rank 0 by the graph's
+  diameter) and the ring is rebuilt over three again.
 
 ``[faults] join_wait_s`` holds the group at its first join point after the loss until
 the replacement asks (an interpreter importing torch: seconds), so the runs are short and
@@ -68,7 +71,8 @@ on_worker_loss = "continue"
 join_wait_s = {wait}
 crash = {{ rank = 1, step = 5 }}
 """
-RUNS = {"sync": 'name = "sync_sgd"', "local": 'name = "local_sgd"\nperiod = 4'}
+RUNS = {"sync": 'name = "sync_sgd"', "local": 'name = "local_sgd"\nperiod = 4',
+        "gossip": 'name = "gossip"\ngraph = "ring"'}
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +122,12 @@ def test_local_sgd_replacement_holds_the_others_model_after_averaging(runs):
     assert join["step"] % 4 == 0, "a local SGD replacement joins right after an averaging"
     digests = {r["elastic"]["launch_rank"]: r["elastic"]["model_sha256"] for r in s["per_rank"]}
     assert digests[1] == digests[0] == digests[2], digests
+
+
+def test_gossip_replacement_joins_at_a_join_point(runs):
+    s, *_, join = _joined("gossip", runs)
+    assert join["step"] % 2 == 0, "3 workers on a ring: gossip join points are 2 steps apart"
+    assert s["test_accuracy"] > 0.5      # the regrown ring goes on training (3 classes: chance 0.33)
 
 
 def test_a_replacement_never_takes_a_stale_seat():

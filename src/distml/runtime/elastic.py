@@ -345,6 +345,9 @@ class Survivors:
         """Group rank 0 broadcasts its training state (a live peer's, at this step): a
         newcomer loads it, the others, who have their own (local SGD's momentum), drop it.
         Returns the state, the seconds and the bytes this rank sent or received."""
+        # every member is at the transfer before the clock starts, as bench/elastic.py times
+        # the plain broadcast it compares the transfer with
+        new.barrier()
         t0, before = time.perf_counter(), new.stats.bytes_sent + new.stats.bytes_received
         state = broadcast_state(new, loop.transfer_state() if new.rank == 0 else None, 0)
         moved = new.stats.bytes_sent + new.stats.bytes_received - before

@@ -20,6 +20,15 @@ a timed-out receive cannot be waited on again), so with a ``watch`` the header r
 waited on in a helper thread while this one calls ``watch()`` every :data:`WATCH_S`
 seconds; ``watch`` raises when the launcher has named a dead worker. The wait stays
 pending and the next :meth:`Inbox.next` picks it up again.
+
+After a worker's death the any-source receive can fail instead: gloo matches it to a
+message the dead worker had announced, on a connection that is gone, and every later
+any-source receive on that tag meets the same announcement and fails as well. Until the
+survivors regroup (a new group, a new inbox), the server then receives per worker
+(:meth:`Inbox.receive_from_each`): one specific-source header receive posted to each
+worker still sending, each waited on in a helper thread; a worker's messages stay in
+order (one header receive per worker at a time), and the dead worker's announcement is
+never matched.
 """
 
 from __future__ import annotations
@@ -35,6 +44,26 @@ from distml.errors import PeerError
 
 #: how often a watching inbox asks whether a worker died while it waits for a header
 WATCH_S = 0.02
+
+
+class ReceiveFailed(PeerError):
+    """A receive of the inbox failed (the transport's error): ``source`` is the worker it
+    was for, None for the any-source header receive (the server decides from it whether
+    the failure is a dead worker's, comm/ps/server.py)."""
+
+    def __init__(self, error: PeerError, source: int | None):
+        super().__init__(str(error))
+        self.source = source
+
+
+def _receiving(source: int | None, fn):
+    """``fn()``, its transport error raised as :class:`ReceiveFailed` for ``source``."""
+    try:
+        return fn()
+    except ReceiveFailed:
+        raise
+    except PeerError as e:
+        raise ReceiveFailed(e, source) from e
 
 
 @dataclass
@@ -55,10 +84,12 @@ class _Posted:
 
 
 class _Waiter:
-    """``handle.wait(timeout_s)`` in a daemon thread: ``done`` is set when it returned."""
+    """``handle.wait(timeout_s)`` in a daemon thread: ``done`` is set when it returned, and
+    so is ``also`` (one event for several waiters)."""
 
-    def __init__(self, handle, timeout_s: float | None):
+    def __init__(self, handle, timeout_s: float | None, also: threading.Event | None = None):
         self.done = threading.Event()
+        self._also = also
         self._sender: int | None = None
         self._error: BaseException | None = None
         threading.Thread(target=self._run, args=(handle, timeout_s), daemon=True,
@@ -71,6 +102,8 @@ class _Waiter:
             self._error = e
         finally:
             self.done.set()
+            if self._also is not None:
+                self._also.set()
 
     def result(self) -> int:
         if self._error is not None:
@@ -103,48 +136,105 @@ class Inbox:
         self.bytes_in = 0
         self.watch = watch
         self._waiting: _Waiter | None = None           # the header wait in a helper thread
+        # receiving per worker (after a failed any-source receive): worker -> its header
+        # buffer, its posted receive and (once waited on) its waiter; None: any-source
+        self._each: dict[int, list] | None = None
+        self._arrived = threading.Event()              # one of those waiters returned
+        # an error met while posting or taking the *next* request: raised by the next call,
+        # so the request already in is not lost with it
+        self._deferred: PeerError | None = None
+
+    def receive_from_each(self) -> None:
+        """The any-source receive failed (:class:`ReceiveFailed` with source None) because
+        of a dead worker: from now on post one header receive per worker still sending
+        (the module's docstring says why). No any-source receive is left posted: the
+        failed one was the only one."""
+        self._header_handle = self._waiting = None
+        if self._each is None:
+            self._each = {}
 
     def _post_header(self) -> None:
-        if self.sending and self._header_handle is None:
-            self._header_handle = self.t.irecv(self._headers[self._turn], None, tag=TAG_HEADER)
+        if self._each is not None:
+            for w in sorted(self.sending - set(self._each)):
+                buf = empty_header()
+                self._each[w] = [buf, _receiving(w, lambda: self.t.irecv(buf, w, tag=TAG_HEADER)),
+                                 None]
+        elif self.sending and self._header_handle is None:
+            self._header_handle = _receiving(None, lambda: self.t.irecv(
+                self._headers[self._turn], None, tag=TAG_HEADER))
 
     def _take_header(self, timeout_s: float | None) -> _Posted:
         """Wait for the posted header, post its payload receive, then the next header's."""
-        sender = self._wait_header(timeout_s)
-        raw = self._headers[self._turn]
-        self._header_handle, self._turn = None, 1 - self._turn
+        if self._each is not None:
+            sender, raw = self._wait_each(timeout_s)
+        else:
+            sender = self._wait_header(timeout_s)
+            raw = self._headers[self._turn]
+            self._header_handle, self._turn = None, 1 - self._turn
         h = Header.decode(raw)
         payload = handle = None
         if h.op == PUSH:
             payload = self._payload_buffer(sender, h)
-            handle = self.t.irecv(payload, sender, tag=TAG_PAYLOAD)
+            handle = _receiving(sender, lambda: self.t.irecv(payload, sender, tag=TAG_PAYLOAD))
             self.bytes_in += payload.numel() * payload.element_size()
         elif h.op == DONE:
             self.sending.discard(sender)
-        self._post_header()
+        try:
+            self._post_header()
+        except PeerError as e:
+            self._deferred = e
         return _Posted(sender, h, payload, handle)
 
     def _wait_header(self, timeout_s: float | None) -> int:
         if self.watch is None:
-            return self._header_handle.wait(timeout_s)
+            return _receiving(None, lambda: self._header_handle.wait(timeout_s))
         if self._waiting is None:
             self._waiting = _Waiter(self._header_handle, timeout_s)
         while not self._waiting.done.wait(WATCH_S):
             self.watch()             # raises if a worker died: this wait stays pending
         waiter, self._waiting = self._waiting, None
-        return waiter.result()
+        return _receiving(None, waiter.result)
+
+    def _wait_each(self, timeout_s: float | None) -> tuple[int, torch.Tensor]:
+        """Receiving per worker: the first worker whose header is in (lowest rank first
+        among those in), and its header; its receive is posted again by the caller."""
+        if not self._each:
+            raise PeerError(f"parameter server shard {self.shard}: waiting for a request, but "
+                            "no worker is left to send one")
+        for entry in self._each.values():
+            if entry[2] is None:
+                entry[2] = _Waiter(entry[1], timeout_s, also=self._arrived)
+        while True:
+            self._arrived.clear()       # (set again by any waiter that returns from now on)
+            done = [w for w, entry in sorted(self._each.items()) if entry[2].done.is_set()]
+            if done:
+                buf, _, waiter = self._each.pop(done[0])
+                _receiving(done[0], waiter.result)
+                return done[0], buf
+            if not self._arrived.wait(WATCH_S) and self.watch is not None:
+                self.watch()            # raises if a worker died: the waits stay pending
 
     def forget(self, senders: set[int]) -> None:
         """Workers that died: a request of theirs whose payload is still on its way is
         dropped whole (a push is applied whole or not at all), and none is expected."""
         self.sending -= senders
+        if self._each is not None:
+            for w in senders:
+                self._each.pop(w, None)
         if self._ahead is not None and self._ahead.sender in senders:
             self._ahead = None
+
+    def told_to_regroup(self, worker: int) -> None:
+        """``worker`` had its last request answered in this group (it regroups next): it
+        sends nothing more here, so no receive waits for it."""
+        self.sending.discard(worker)
 
     def close(self) -> None:
         """Abandon a header wait in progress (its daemon thread stays blocked in the torn-down
         group until that group's timeout, and never keeps the process from exiting)."""
         self._waiting = None
+        if self._each is not None:
+            self._each.clear()
 
     def _payload_buffer(self, sender: int, h: Header) -> torch.Tensor:
         if h.length != self.numel:
@@ -161,16 +251,23 @@ class Inbox:
         header (None: the transport's timeout).
 
         Raises:
-            PeerError: no request within the limit (the transport's error), or a push of the
-                wrong size.
+            ReceiveFailed: a receive failed (no request within the limit, a connection lost).
+            PeerError: a push of the wrong size.
         """
+        if self._deferred is not None:
+            error, self._deferred = self._deferred, None
+            raise error
         self._post_header()
         current = self._ahead if self._ahead is not None else self._take_header(timeout_s)
         self._ahead = None
         if current.handle is not None:
-            current.handle.wait()
+            _receiving(current.sender, current.handle.wait)
         # the next request's header came in while this payload moved: start its payload now,
         # so it travels while the caller applies this one (two payload buffers alternate)
-        if self._header_handle is not None and self._header_handle.is_completed():
-            self._ahead = self._take_header(None)
+        if self._each is None and self._header_handle is not None and \
+                self._header_handle.is_completed():
+            try:
+                self._ahead = self._take_header(None)
+            except PeerError as e:
+                self._deferred = e
         return Message(current.sender, current.header, current.payload)

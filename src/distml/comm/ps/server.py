@@ -24,16 +24,19 @@ is held for that pause is not reported as held (pace) time.
 
 A worker lost (``[faults] on_worker_loss = "continue"``, an injected ``membership``): the
 server learns it from the launcher (its inbox asks while it waits, as an any-source
-receive does not fail when a sender dies), drops the worker from the pace's count (a
-BSP round closes with the survivors' pushes and the dead worker's pushes received whole;
-a push it was still sending is dropped whole), answers every survivor's next pull with a
-``FLAG_REGROUP`` reply instead of parameters, and once all of them had one it forms the
-new group with them (``membership.regroup``) and serves on under their new ranks. A
-server that dies is not survived: its shard is gone (the survivors stop with one line).
+receive does not fail when a sender dies; when gloo fails it anyway, over a message the
+dead worker had announced, the inbox receives per worker until the regroup), drops the
+worker from the pace's count (a BSP round closes with the survivors' pushes and the dead
+worker's pushes received whole; a push it was still sending is dropped whole), answers
+every survivor's next pull with a ``FLAG_REGROUP`` reply instead of parameters, and once
+all of them had one it forms the new group with them (``membership.regroup``) and serves
+on under their new ranks. A server that dies is not survived: its shard is gone (the
+survivors stop with one line).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -41,12 +44,13 @@ from typing import Any, Protocol
 import torch
 
 from distml.comm.pace import BoundedDelay, Pace, Quorum
-from distml.comm.ps.inbox import Inbox, Message
+from distml.comm.ps.inbox import Inbox, Message, ReceiveFailed
 from distml.comm.ps.wire import (ACK, CHECKPOINT, DONE, EVAL, FLAG_COMPRESSED, FLAG_REGROUP, FLAG_STOP,
                                  PULL, PUSH, REPLY, STOP, TAG_REPLY, TAG_REPLY_PAYLOAD, Header)
 from distml.errors import PeerError
 
 _NEVER = 1 << 62
+log = logging.getLogger("distml")
 
 
 class UpdateRule(Protocol):
@@ -207,20 +211,30 @@ class ServerLoop:
             except PeerError as e:
                 if self.membership is None:
                     self._silent(limit)
-                lost = self.membership.lost(e)
+                inbox, lost = self.inbox, self.membership.lost(e)
                 dead = [w for w in lost if w in self.active]
                 if dead:
                     self._lose(dead)
+                source = e.source if isinstance(e, ReceiveFailed) else -1
+                if self.inbox is not inbox or (source is not None and source in self._gone):
+                    continue    # the old group's, or a dead worker's receive: dropped whole
+                if source is None:
+                    # gloo failed the any-source receive over a message a dead worker had
+                    # announced, and would fail every later one: receive per worker until
+                    # the survivors regroup (comm/ps/inbox.py)
+                    log.warning("parameter server rank %d (shard %d): a receive failed after "
+                                "workers %s died (%s); receiving from each of workers %s until "
+                                "they regroup", self.t.global_rank, self.shard,
+                                sorted(self._gone), str(e).splitlines()[0][:300],
+                                sorted(self.regrouping))
+                    inbox.receive_from_each()
                     continue
-                if lost and set(lost) <= self._gone:
-                    # gloo failed the any-source receive because of a worker already lost,
-                    # before every survivor was told to regroup: they cannot be reached
-                    raise PeerError(
-                        f"parameter server rank {self.t.global_rank} (shard {self.shard}): its "
-                        f"receive failed after workers {sorted(self._gone)} died, before "
-                        f"workers {sorted(self.regrouping)} were told to regroup; the run cannot "
-                        "continue (a known limit, docs/faults.md)") from None
-                self._silent(limit)
+                if source >= 0:     # a live worker's receive failed: it cannot be told
+                    raise PeerError(f"parameter server rank {self.t.global_rank} (shard "
+                                    f"{self.shard}): the receive from worker {source} failed "
+                                    f"after workers {sorted(self._gone)} died: {e}") from None
+                if not dead:
+                    self._silent(limit)
 
     def _silent(self, limit: float | None):
         """No message in time: name the workers by how long each has been silent."""
@@ -255,6 +269,7 @@ class ServerLoop:
 
     def _tell_to_regroup(self, w: int, clock: int) -> None:
         self.regrouping.discard(w)
+        self.inbox.told_to_regroup(w)       # it sends nothing more in this group
         hdr = Header(REPLY, self.shard, clock, self.params.numel(), flags=FLAG_REGROUP).encode()
         self.t.send(hdr, w, tag=TAG_REPLY)
         self.t.send(self.params, w, tag=TAG_REPLY_PAYLOAD)   # the pull posted a receive for it
