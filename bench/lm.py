@@ -104,6 +104,12 @@ PROTOCOL = {
             "lr_grid": [0.003],
             "outer_grid": [[0.003, 0.7]],
         },
+        # the quick-start CNN (issue 15 point 7: does the ranking transfer?), checked before
+        # its first full run: 100 steps of 32 images per worker (12,800 images, about a fifth
+        # of an epoch) and the LM workload's methods and periods, so DiLoCo H = 50 makes two
+        # outer steps and H = 200 one (the final averaging); Fashion-MNIST has no validation
+        # split in distml, so the choice would fall back to the test split — with one grid
+        # point per method nothing is chosen, so no test data is used for tuning
         "cnn": {
             "source": {"name": "fashion_mnist"},
             "partition": {"name": "shuffle_split"},
