@@ -77,7 +77,7 @@ RUNS = {"sync": 'name = "sync_sgd"', "local": 'name = "local_sgd"\nperiod = 4',
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Start both runs side by side, one restart allowed; kill what they leave, always."""
+    """Start the runs side by side, one restart allowed; kill what they leave, always."""
     tmp = tmp_path_factory.mktemp("join")
     configs = {}
     for name, algorithm in RUNS.items():
