@@ -134,8 +134,16 @@ def logged_steps(out: Path, rank: int) -> list[int]:
     return [json.loads(x)["step"] for x in path.read_text().splitlines() if x.strip()]
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def rank_pid(out: Path, rank: int, launcher_pid: int) -> int | None:
-    """The pid rank ``rank`` logged, if it is a child of the launcher we started."""
+    """The pid rank ``rank`` logged, if it descends from the launcher we started (its
+    child, or a child of the launcher's fork server)."""
     log = out / "logs" / f"rank{rank}.log"
     if not log.exists():
         return None
@@ -143,11 +151,12 @@ def rank_pid(out: Path, rank: int, launcher_pid: int) -> int | None:
             for x in log.read_text().splitlines() if "starting: pid" in x]
     if not pids:
         return None
-    try:
-        ppid = int(Path(f"/proc/{pids[-1]}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pids[-1] if ppid == launcher_pid else None
+    parent = _parent(pids[-1])
+    for _ in range(2):
+        if parent == launcher_pid:
+            return pids[-1]
+        parent = _parent(parent) if parent else None
+    return None
 
 
 def one_run(folder: Path, algo: str, seed: int, steps: int, kill: bool, join: bool = False) -> dict:
