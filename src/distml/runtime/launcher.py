@@ -98,7 +98,7 @@ def _loopback_env(env: dict[str, str]) -> None:
 _PR_SET_PDEATHSIG = 1     # <linux/prctl.h>
 
 
-def die_with_parent(launcher_pid: int) -> None:
+def die_with_launcher(launcher_pid: int) -> None:
     """SIGTERM this process when its launcher ``launcher_pid`` dies; exit at once if it
     already has.
 
@@ -178,7 +178,7 @@ def worker_context():
 
 def _child(rank: int, world: int, port: int, job: WorkerJob, timeout_s: float,
            launcher_pid: int) -> None:
-    die_with_parent(launcher_pid)
+    die_with_launcher(launcher_pid)
     _loopback_env(os.environ)
     store_box: dict[str, Any] = {}
     incarnation = job.replacement.incarnation if job.replacement is not None else 0
@@ -487,7 +487,7 @@ def launch_script(script: str, args: list[str], world: int, timeout_s: float = 6
                        TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_RESTART_COUNT="0")
             _loopback_env(env)
             procs.append(subprocess.Popen([sys.executable, script, *args], env=env,
-                                          preexec_fn=lambda pid=os.getpid(): die_with_parent(pid)))
+                                          preexec_fn=lambda pid=os.getpid(): die_with_launcher(pid)))
         first_bad, deadline = 0, None
         while any(p.poll() is None for p in procs):
             time.sleep(0.2)
